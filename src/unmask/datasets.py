@@ -1,0 +1,219 @@
+"""Find the videos of a dataset and what is known about each: label, method, ids, split.
+
+Three layouts are read as they are: FaceForensics++'s official download layout, a plain
+``real/`` + ``fake/`` folder pair, and a CSV manifest. A partial download is normal (the
+FF++ script skips files, users stop it): what is missing is reported, never fatal.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from unmask.errors import UnmaskError
+
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".mpg", ".mpeg", ".webm", ".m4v")
+FFPP_METHODS = ("Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures", "FaceShifter", "DeepFakeDetection")
+FFPP_COMPRESSIONS = ("raw", "c23", "c40")
+REAL, FAKE = 0, 1
+LABEL_NAMES = {REAL: "real", FAKE: "fake"}
+
+
+@dataclass(frozen=True)
+class Video:
+    """One video and everything known about it before it is opened."""
+
+    path: Path
+    label: int
+    """1 = fake, 0 = real."""
+    key: str
+    """Unique, stable name of the video inside its dataset (relative path, '/' separated)."""
+    method: str = "original"
+    """Manipulation method for a fake, "original" for a real video."""
+    compression: str = ""
+    source: str = ""
+    """For FF++ originals: "youtube" or "actors"."""
+    ids: str = ""
+    """Identity ids joined by '_' ("183" or target_source "183_253"); the unit of grouping."""
+    split: str = ""
+    """"train", "val", "test", or "" when unknown."""
+
+
+@dataclass
+class DatasetScan:
+    """The videos found, and the problems found on the way (missing folders, bad rows)."""
+
+    root: Path
+    layout: str
+    videos: list[Video] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+def _split_lookup(splits_dir: Path) -> dict[tuple[str, ...], str]:
+    """Pair (and single id) -> split name, from the official split files."""
+    lookup: dict[tuple[str, ...], str] = {}
+    for name in ("train", "val", "test"):
+        path = splits_dir / f"{name}.json"
+        if not path.is_file():
+            continue
+        try:
+            pairs = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            raise UnmaskError(f"cannot read split file {path}: {err}") from None
+        for pair in pairs:
+            target, source = (str(x) for x in pair)
+            lookup[(target, source)] = name  # the fakes TTT_SSS and SSS_TTT both belong to the pair
+            lookup[(source, target)] = name
+            lookup[(target,)] = name
+            lookup[(source,)] = name
+    return lookup
+
+
+def _videos_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES)
+
+
+def find_videos(path: Path) -> list[Path]:
+    """Video files under a folder, recursively, in a stable order (or the file itself)."""
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise UnmaskError(f"no such file or folder: {path}")
+    return sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES)
+
+
+def _check_choices(values: Iterable[str], known: Sequence[str], what: str) -> None:
+    for value in values:
+        if value not in known:
+            raise UnmaskError(f"unknown {what} {value!r}; choose from: {', '.join(known)}")
+
+
+def read_ffpp(
+    root: Path,
+    methods: Sequence[str] = ("Deepfakes",),
+    compressions: Sequence[str] = ("c23",),
+    originals: Sequence[str] = ("youtube",),
+) -> DatasetScan:
+    """FaceForensics++ as the official script downloads it; originals always come as the real class."""
+    _check_choices(methods, FFPP_METHODS, "method")
+    _check_choices(compressions, FFPP_COMPRESSIONS, "compression")
+    scan = DatasetScan(root=root, layout="ffpp")
+    lookup = _split_lookup(root / "splits") if (root / "splits").is_dir() else {}
+
+    def add_folder(folder: Path, what: str, make) -> None:
+        if not folder.is_dir():
+            scan.problems.append(f"missing folder for {what}: {folder.relative_to(root)}")
+            return
+        for path in _videos_in(folder):
+            scan.videos.append(make(path))
+
+    for comp in compressions:
+        for source in originals:
+            add_folder(
+                root / "original_sequences" / source / comp / "videos",
+                f"originals ({source}, {comp})",
+                lambda p, source=source, comp=comp: Video(
+                    path=p, label=REAL, key=p.relative_to(root).as_posix(), compression=comp,
+                    source=source,
+                    ids=p.stem if source == "youtube" else "actor" + p.stem.split("__")[0],
+                    split=lookup.get((p.stem,), "") if source == "youtube" else "",
+                ),
+            )
+        for method in methods:
+            add_folder(
+                root / "manipulated_sequences" / method / comp / "videos",
+                f"{method} ({comp})",
+                lambda p, method=method, comp=comp: Video(
+                    path=p, label=FAKE, key=p.relative_to(root).as_posix(), method=method,
+                    compression=comp, ids=p.stem,
+                    split=lookup.get(tuple(p.stem.split("_")[:2]), ""),
+                ),
+            )
+    _report_missing_partners(scan)
+    return scan
+
+
+def _report_missing_partners(scan: DatasetScan) -> None:
+    """A partial download shows as fakes whose original is absent, and vice versa."""
+    originals = {(v.compression, v.ids) for v in scan.videos if v.label == REAL and v.source == "youtube"}
+    missing = sorted(
+        {f"{v.compression}/{v.ids}" for v in scan.videos
+         if v.label == FAKE and (v.compression, v.ids.split("_")[0]) not in originals}
+    )
+    if missing:
+        shown = ", ".join(missing[:8]) + (" ..." if len(missing) > 8 else "")
+        scan.problems.append(f"{len(missing)} fake video(s) without their target original: {shown}")
+
+
+def read_folders(root: Path) -> DatasetScan:
+    """A ``real/`` and a ``fake/`` folder (searched recursively); each video is its own group."""
+    scan = DatasetScan(root=root, layout="folders")
+    for name, label in (("real", REAL), ("fake", FAKE)):
+        folder = root / name
+        if not folder.is_dir():
+            scan.problems.append(f"missing folder: {name}/")
+            continue
+        for path in find_videos(folder):
+            key = path.relative_to(root).as_posix()
+            scan.videos.append(Video(path=path, label=label, key=key,
+                                     method="original" if label == REAL else "unknown", ids=key))
+    return scan
+
+
+def read_manifest(csv_path: Path) -> DatasetScan:
+    """A CSV with columns path, label (real/fake or 0/1) and optional group, split, method."""
+    scan = DatasetScan(root=csv_path.parent, layout="manifest")
+    try:
+        with csv_path.open(newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise UnmaskError(f"cannot read manifest {csv_path}: {err}") from None
+    if not rows or not {"path", "label"} <= set(rows[0]):
+        raise UnmaskError(f"manifest {csv_path} needs a header with at least 'path' and 'label' columns")
+    labels = {"real": REAL, "0": REAL, "fake": FAKE, "1": FAKE}
+    for number, row in enumerate(rows, start=2):
+        label = labels.get((row.get("label") or "").strip().lower())
+        if label is None:
+            scan.problems.append(f"line {number}: label {row.get('label')!r} is not real/fake/0/1")
+            continue
+        path = Path(row["path"])
+        path = path if path.is_absolute() else csv_path.parent / path
+        key = row["path"]
+        split = (row.get("split") or "").strip()
+        if split not in ("", "train", "val", "test"):
+            scan.problems.append(f"line {number}: split {split!r} is not train/val/test")
+            split = ""
+        scan.videos.append(Video(
+            path=path, label=label, key=key, ids=(row.get("group") or "").strip() or key, split=split,
+            method=(row.get("method") or "").strip() or ("original" if label == REAL else "unknown"),
+        ))
+    return scan
+
+
+def open_dataset(
+    path: Path,
+    methods: Sequence[str] = ("Deepfakes",),
+    compressions: Sequence[str] = ("c23",),
+) -> DatasetScan:
+    """Recognise the layout of ``path`` and read it."""
+    path = Path(path)
+    if path.is_file() and path.suffix.lower() == ".csv":
+        scan = read_manifest(path)
+    elif not path.exists():
+        raise UnmaskError(f"dataset not found: {path}")
+    elif not path.is_dir():
+        raise UnmaskError(f"{path} is neither a dataset folder nor a .csv manifest")
+    elif (path / "original_sequences").is_dir() or (path / "manipulated_sequences").is_dir():
+        scan = read_ffpp(path, methods, compressions)
+    elif (path / "real").is_dir() or (path / "fake").is_dir():
+        scan = read_folders(path)
+    else:
+        raise UnmaskError(
+            f"{path} is not a dataset: expected FaceForensics++ folders (original_sequences/, "
+            "manipulated_sequences/), real/ + fake/ folders, or a CSV manifest"
+        )
+    if not scan.videos:
+        raise UnmaskError(f"no videos found in {path}" + (f" ({scan.problems[0]})" if scan.problems else ""))
+    return scan

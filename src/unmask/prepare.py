@@ -1,0 +1,208 @@
+"""Dataset -> frames -> faces -> face store, for one video and for many.
+
+``process_video`` is the unit of work (it runs in a local process pool or on a Dask
+worker alike); ``prepare_dataset`` schedules it over a dataset, resumes where a previous
+run stopped, and commits the shards into the store.
+"""
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from unmask.config import PrepareConfig, resolve_device
+from unmask.datasets import LABEL_NAMES, DatasetScan, Video
+from unmask.faces.crop import crop_face
+from unmask.store import KEYPOINT_COLUMNS, Shard, StoreWriter, write_shard
+from unmask.video import read_frames
+
+
+def make_detector(config: PrepareConfig, threads: int | None = None):
+    """The MTCNN for these settings; ``threads`` caps torch's CPU threads (one per worker)."""
+    import torch
+
+    from unmask.faces.mtcnn import MTCNN
+
+    if threads:
+        torch.set_num_threads(threads)
+    faces = config.faces
+    return MTCNN(min_face_size=faces.min_face_size, thresholds=faces.thresholds,
+                 device=resolve_device(faces.device))
+
+
+def _video_record(video: Video) -> dict:
+    return {
+        "video": video.key, "path": str(video.path), "label": video.label, "method": video.method,
+        "compression": video.compression, "ids": video.ids, "split": video.split,
+    }
+
+
+def process_video(video: Video, config: PrepareConfig, detector, decode_threads: int = 0) -> Shard:
+    """Sample the frames of one video, keep the most confident face of each, crop it.
+
+    A video that cannot be read becomes a record with status "error" and its reason; one
+    where no face passes the threshold, status "no-face". Nothing here raises for bad input.
+    """
+    from unmask.video import VideoError
+
+    record = {**_video_record(video), "status": "ok", "reason": "", "frame_count": 0, "frames_read": 0,
+              "faces": 0, "decode_s": 0.0, "detect_s": 0.0, "store_s": 0.0, "seconds": 0.0}
+    size = config.faces.size
+    started = time.perf_counter()
+    try:
+        info, frames = read_frames(video.path, config.frames.indices(None), threads=decode_threads)
+    except VideoError as err:
+        record.update(status="error", reason=str(err).removeprefix(f"{video.path}: "))
+        record["seconds"] = time.perf_counter() - started
+        return Shard(record, [], np.zeros((0, size, size, 3), np.uint8))
+    decoded = time.perf_counter()
+    detections = detector.detect([image for _, image in frames])
+    detected = time.perf_counter()
+    rows, crops = [], []
+    for (index, image), found in zip(frames, detections):
+        kept = [d for d in found if d.confidence > config.faces.min_confidence]
+        if not kept:
+            continue
+        best = max(kept, key=lambda d: d.confidence)
+        crops.append(crop_face(image, best.box, config.faces.margin, size))
+        x1, y1, x2, y2 = (float(v) for v in best.box)
+        rows.append({
+            "video": video.key, "label": video.label, "method": video.method,
+            "compression": video.compression, "source": video.source, "ids": video.ids,
+            "split": video.split, "frame": index, "x1": x1, "y1": y1, "x2": x2, "y2": y2,
+            "confidence": float(best.confidence),
+            **dict(zip(KEYPOINT_COLUMNS, np.asarray(best.keypoints, dtype=float).ravel())),
+            "n_detections": len(found), "path": str(video.path),
+        })
+    faces = np.stack(crops) if crops else np.zeros((0, size, size, 3), np.uint8)
+    record.update(
+        frame_count=info.frame_count, frames_read=len(frames), faces=len(rows),
+        status="ok" if rows else "no-face",
+        reason="" if rows else f"no face with confidence over {config.faces.min_confidence} in {len(frames)} frame(s)",
+        decode_s=decoded - started, detect_s=detected - decoded,
+    )
+    record["store_s"] = time.perf_counter() - detected
+    record["seconds"] = time.perf_counter() - started
+    return Shard(record, rows, faces)
+
+
+def process_and_write(video: Video, config: PrepareConfig, detector, shards_dir: Path,
+                      decode_threads: int = 0) -> dict:
+    """Process one video and write its shard; returns the video record (small, cheap to send)."""
+    shard = process_video(video, config, detector, decode_threads)
+    began = time.perf_counter()
+    write_shard(shards_dir, shard)
+    shard.video["store_s"] += time.perf_counter() - began
+    shard.video["seconds"] += time.perf_counter() - began
+    return shard.video
+
+
+_worker_detector = None
+
+
+def _init_worker(config: PrepareConfig) -> None:
+    global _worker_detector
+    _worker_detector = make_detector(config, threads=1)
+
+
+def _work(video: Video, config: PrepareConfig, shards_dir: Path) -> dict:
+    return process_and_write(video, config, _worker_detector, shards_dir, decode_threads=1)
+
+
+@dataclass
+class PrepareSummary:
+    """What a prepare run did, and the state of the whole store after it."""
+
+    videos: pd.DataFrame
+    """One row per video of the store (this run's and earlier runs')."""
+    processed: int
+    already_done: int
+    wall_s: float
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def videos_per_s(self) -> float:
+        return self.processed / self.wall_s if self.wall_s else 0.0
+
+    def capture(self) -> dict[str, dict[str, float]]:
+        """Frames read, faces kept and capture rate per class (the study: 99.77% fake, 100% real)."""
+        out = {}
+        for label, group in self.videos.groupby("label"):
+            frames, faces = int(group["frames_read"].sum()), int(group["faces"].sum())
+            out[LABEL_NAMES[int(label)]] = {
+                "videos": len(group), "frames": frames, "faces": faces,
+                "capture_rate": faces / frames if frames else 0.0,
+            }
+        return out
+
+    def failures(self) -> pd.DataFrame:
+        return self.videos[self.videos["status"] != "ok"][["video", "status", "reason"]]
+
+    def to_dict(self) -> dict:
+        return {
+            "videos": len(self.videos), "processed_this_run": self.processed,
+            "already_done": self.already_done, "wall_s": self.wall_s, "videos_per_s": self.videos_per_s,
+            "status_counts": self.videos["status"].value_counts().to_dict(),
+            "per_class": self.capture(), "skipped": self.failures().to_dict("records"),
+            "problems": self.problems,
+        }
+
+
+def store_settings(config: PrepareConfig) -> dict:
+    """What a store records about how it was made (a re-run must use the same)."""
+    settings = asdict(config)
+    settings["faces"].pop("device")
+    return settings
+
+
+def prepare_dataset(
+    scan: DatasetScan,
+    out: Path,
+    config: PrepareConfig,
+    workers: int = 1,
+    on_video: Callable[[dict], None] | None = None,
+    runner: Callable[[list[Video], Path], Iterable[dict]] | None = None,
+) -> PrepareSummary:
+    """Process every video of ``scan`` not already in the store at ``out``, then commit.
+
+    ``runner`` replaces the local process pool (the Dask engine plugs in here); it gets the
+    videos to do and the shards folder, and yields one video record per finished video.
+    """
+    started = time.perf_counter()
+    writer = StoreWriter(out, store_settings(config))
+    done = writer.done()
+    todo = [v for v in scan.videos if v.key not in done]
+    run = runner or (lambda videos, shards: _run_local(videos, shards, config, workers))
+    processed = 0
+    for record in run(todo, writer.shards):
+        processed += 1
+        if on_video:
+            on_video(record)
+    store = writer.commit()
+    return PrepareSummary(
+        videos=store.videos, processed=processed, already_done=len(scan.videos) - len(todo),
+        wall_s=time.perf_counter() - started, problems=list(scan.problems),
+    )
+
+
+def _run_local(videos: list[Video], shards: Path, config: PrepareConfig, workers: int) -> Iterable[dict]:
+    if not videos:
+        return
+    if workers <= 1:
+        detector = make_detector(config)
+        for video in videos:
+            yield process_and_write(video, config, detector, shards)
+        return
+    workers = min(workers, len(videos), os.cpu_count() or 1)
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
+                             initializer=_init_worker, initargs=(config,)) as pool:
+        futures = [pool.submit(_work, video, config, shards) for video in videos]
+        for future in as_completed(futures):
+            yield future.result()

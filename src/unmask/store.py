@@ -1,0 +1,193 @@
+"""The face store: face crops as one memory-mappable uint8 array plus a table that traces
+every face back to its video, frame and box.
+
+Layout of a store folder::
+
+    store.json          settings it was made with (a re-run with other settings is refused)
+    shards/<id>.npy     the faces of one video, (n, size, size, 3) uint8 RGB
+    shards/<id>.json    that video's record and its face rows; its presence marks the video done
+    faces.npy           all faces, in table order (built by ``commit``)
+    faces.csv           one row per face (``row`` indexes faces.npy)
+    videos.csv          one row per video: status (ok / no-face / error), reason, counts, timings
+
+Every file is written to a temporary name and renamed, so a killed run leaves only whole
+files; a shard's .json is renamed last, so a video counts as done only when both are there.
+Workers write shards; one process commits them (locally or on a Dask cluster alike).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from unmask.errors import UnmaskError
+
+FORMAT_VERSION = 1
+KEYPOINT_COLUMNS = [f"kp{i}_{axis}" for i in range(5) for axis in ("x", "y")]
+FACE_COLUMNS = [
+    "row", "video", "label", "method", "compression", "source", "ids", "split", "frame",
+    "x1", "y1", "x2", "y2", "confidence", *KEYPOINT_COLUMNS, "n_detections", "path",
+]
+VIDEO_COLUMNS = [
+    "video", "path", "label", "method", "compression", "ids", "split", "status", "reason",
+    "frame_count", "frames_read", "faces", "decode_s", "detect_s", "store_s", "seconds",
+]
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it over ``path`` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def write_json(path: Path, data) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, default=_json_default))
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+def shard_id(video_key: str) -> str:
+    """A file-safe, collision-free name for a video's shard, readable at a glance."""
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "-", video_key)[-48:].strip("-")
+    return f"{stem}-{hashlib.sha1(video_key.encode()).hexdigest()[:10]}"
+
+
+@dataclass
+class Shard:
+    """What one video contributed: its record (a VIDEO_COLUMNS dict) and its faces."""
+
+    video: dict
+    rows: list[dict]
+    faces: np.ndarray
+
+
+class StoreWriter:
+    """Writes shards into a store folder and commits them into the consolidated files."""
+
+    def __init__(self, root: Path, settings: dict):
+        self.root = Path(root)
+        self.shards = self.root / "shards"
+        self.settings = {"format_version": FORMAT_VERSION, **settings}
+        meta = self.root / "store.json"
+        if meta.exists():
+            existing = json.loads(meta.read_text())
+            if existing != json.loads(json.dumps(self.settings, default=_json_default)):
+                raise UnmaskError(
+                    f"{self.root} was made with other settings ({_diff(existing, self.settings)}); "
+                    "use another --out folder or the same settings"
+                )
+        elif self.root.exists() and any(p for p in self.root.iterdir() if not p.name.startswith(".")):
+            raise UnmaskError(f"{self.root} exists and is not a face store; choose an empty or new --out folder")
+        self.shards.mkdir(parents=True, exist_ok=True)
+        write_json(meta, self.settings)
+
+    def done(self) -> set[str]:
+        """Keys of the videos whose shard is complete."""
+        keys = set()
+        for path in self.shards.glob("*.json"):
+            keys.add(json.loads(path.read_text())["video"]["video"])
+        return keys
+
+    def write(self, shard: Shard) -> None:
+        write_shard(self.shards, shard)
+
+    def commit(self) -> "FaceStore":
+        return commit(self.root)
+
+
+def write_shard(shards_dir: Path, shard: Shard) -> None:
+    """Faces first, then the record: the record's presence means the shard is whole."""
+    name = shard_id(shard.video["video"])
+    with atomic_path(Path(shards_dir) / f"{name}.npy") as tmp:
+        with tmp.open("wb") as handle:
+            np.save(handle, np.ascontiguousarray(shard.faces, dtype=np.uint8))
+    write_json(Path(shards_dir) / f"{name}.json", {"video": shard.video, "rows": shard.rows})
+
+
+def _diff(old: dict, new: dict) -> str:
+    new = json.loads(json.dumps(new, default=_json_default))
+    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    return ", ".join(f"{k}: {old.get(k)} -> {new.get(k)}" for k in keys) or "different"
+
+
+def commit(root: Path) -> "FaceStore":
+    """Gather all complete shards, in video-key order, into faces.npy, faces.csv and videos.csv."""
+    root = Path(root)
+    records = []
+    for meta in sorted((root / "shards").glob("*.json")):
+        records.append((json.loads(meta.read_text()), meta.with_suffix(".npy")))
+    records.sort(key=lambda item: item[0]["video"]["video"])
+    settings = json.loads((root / "store.json").read_text())
+    size = int(settings.get("faces", {}).get("size", 320))
+    total = sum(len(rec["rows"]) for rec, _ in records)
+    rows, videos = [], []
+    with atomic_path(root / "faces.npy") as tmp:
+        faces = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(total, size, size, 3))
+        start = 0
+        for rec, npy in records:
+            videos.append(rec["video"])
+            count = len(rec["rows"])
+            if count:
+                faces[start:start + count] = np.load(npy, mmap_mode="r")
+                for offset, row in enumerate(rec["rows"]):
+                    rows.append({**row, "row": start + offset})
+            start += count
+        faces.flush()
+        del faces
+    with atomic_path(root / "faces.csv") as tmp:
+        pd.DataFrame(rows, columns=FACE_COLUMNS).to_csv(tmp, index=False)
+    with atomic_path(root / "videos.csv") as tmp:
+        pd.DataFrame(videos, columns=VIDEO_COLUMNS).to_csv(tmp, index=False)
+    return FaceStore(root)
+
+
+class FaceStore:
+    """Read a committed store: ``faces`` is a read-only memmap, ``table`` and ``videos`` are DataFrames."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        if not (self.root / "faces.csv").is_file() or not (self.root / "faces.npy").is_file():
+            hint = " (run `unmask prepare` again to finish it)" if (self.root / "shards").is_dir() else ""
+            raise UnmaskError(f"{self.root} is not a face store{hint}")
+        self.settings = json.loads((self.root / "store.json").read_text())
+        self.table = pd.read_csv(self.root / "faces.csv", dtype={"ids": str, "split": str, "video": str},
+                                 keep_default_na=False)
+        self.videos = pd.read_csv(self.root / "videos.csv", dtype={"ids": str, "split": str, "video": str},
+                                  keep_default_na=False)
+        self.faces = np.load(self.root / "faces.npy", mmap_mode="r")
+        if len(self.table) != self.faces.shape[0]:
+            raise UnmaskError(f"{self.root}: faces.csv and faces.npy disagree; run `unmask prepare` again")
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def keypoints(self) -> np.ndarray:
+        """(N, 5, 2) keypoints in frame coordinates."""
+        return self.table[KEYPOINT_COLUMNS].to_numpy(np.float32).reshape(-1, 5, 2)

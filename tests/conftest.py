@@ -1,0 +1,85 @@
+"""Fixtures that make their own data: videos of a public-domain face, faceless and broken files."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from unmask.sample import sample_frames
+from unmask.video import write_video
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def needs_shared_data(*parts: str):
+    """Skip a test when the research-only data beside the checkout is absent."""
+    path = SHARED_DATA.joinpath(*parts)
+    return pytest.mark.skipif(not path.exists(), reason=f"research data not present at {path}")
+
+
+def face_frames(count: int, width: int = 480, height: int = 320, seed: int = 0) -> list[np.ndarray]:
+    return list(sample_frames(seconds=count / 25, fps=25, width=width, height=height, seed=seed))
+
+
+def faceless_frames(count: int, width: int = 320, height: int = 240) -> list[np.ndarray]:
+    ramp = np.linspace(0, 255, width, dtype=np.uint8)[None, :, None]
+    return [np.broadcast_to(np.roll(ramp, i, axis=1), (height, width, 3)).copy() for i in range(count)]
+
+
+@pytest.fixture(scope="session")
+def face_video(tmp_path_factory) -> Path:
+    """200 frames (8 s at 25 fps) of the astronaut portrait drifting across the frame."""
+    path = tmp_path_factory.mktemp("videos") / "astronaut.mp4"
+    write_video(path, face_frames(200))
+    return path
+
+
+@pytest.fixture(scope="session")
+def faceless_video(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("videos") / "gradient.mp4"
+    write_video(path, faceless_frames(60))
+    return path
+
+
+@pytest.fixture(scope="session")
+def broken_files(tmp_path_factory, face_video) -> dict[str, Path]:
+    """A zero-byte file, a text file named .mp4, random bytes, and a half-cut video."""
+    folder = tmp_path_factory.mktemp("broken")
+    files = {
+        "empty": folder / "empty.mp4",
+        "text": folder / "notes.mp4",
+        "garbage": folder / "garbage.mp4",
+        "truncated": folder / "truncated.mp4",
+    }
+    files["empty"].write_bytes(b"")
+    files["text"].write_text("this is not a video, just a text file with a .mp4 name\n")
+    files["garbage"].write_bytes(np.random.default_rng(0).integers(0, 256, 50_000, dtype=np.uint8).tobytes())
+    data = face_video.read_bytes()
+    files["truncated"].write_bytes(data[: len(data) // 3])
+    return files
+
+
+def make_ffpp_tree(root: Path, ids=("001", "002", "003", "004"), with_splits: bool = True) -> Path:
+    """A miniature FaceForensics++ download: originals and Deepfakes at c23, pairs (001,002), (003,004)."""
+    originals = root / "original_sequences" / "youtube" / "c23" / "videos"
+    fakes = root / "manipulated_sequences" / "Deepfakes" / "c23" / "videos"
+    originals.mkdir(parents=True)
+    fakes.mkdir(parents=True)
+    pairs = [(ids[i], ids[i + 1]) for i in range(0, len(ids) - 1, 2)]
+    for seed, identity in enumerate(ids):
+        write_video(originals / f"{identity}.mp4", face_frames(40, seed=seed))
+    for seed, (target, source) in enumerate(pairs):
+        write_video(fakes / f"{target}_{source}.mp4", face_frames(40, seed=10 + seed))
+        write_video(fakes / f"{source}_{target}.mp4", faceless_frames(40))
+    if with_splits:
+        (root / "splits").mkdir()
+        (root / "splits" / "train.json").write_text(json.dumps([list(pairs[0])]))
+        (root / "splits" / "test.json").write_text(json.dumps([list(p) for p in pairs[1:]]))
+    return root
+
+
+@pytest.fixture(scope="session")
+def ffpp_tree(tmp_path_factory) -> Path:
+    return make_ffpp_tree(tmp_path_factory.mktemp("ffpp"))

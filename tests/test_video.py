@@ -1,0 +1,91 @@
+import numpy as np
+import pytest
+
+from unmask.config import FrameSampling
+from unmask.video import VideoError, probe, read_frames, write_video
+
+BITS = 9
+
+
+def numbered_frames(count, width=144, height=48):
+    """Each frame shows its own index as black/white bars, readable after lossy compression."""
+    frames = []
+    bar = width // BITS
+    for i in range(count):
+        image = np.zeros((height, width, 3), np.uint8)
+        for b in range(BITS):
+            if (i >> b) & 1:
+                image[:, b * bar:(b + 1) * bar] = 255
+        frames.append(image)
+    return frames
+
+
+def read_number(image, width=144):
+    bar = width // BITS
+    return sum(1 << b for b in range(BITS) if image[:, b * bar + bar // 2].mean() > 127)
+
+
+@pytest.mark.parametrize("gop", [250, 12])
+def test_frame_indices_are_exact(tmp_path, gop):
+    path = tmp_path / "numbers.mp4"
+    write_video(path, numbered_frames(300), gop=gop)
+    wanted = FrameSampling().indices(None)
+    info, frames = read_frames(path, wanted)
+    assert info.frame_count == 300
+    assert [i for i, _ in frames] == [0, 30, 60, 90, 120, 150, 180]
+    assert [read_number(image) for _, image in frames] == [0, 30, 60, 90, 120, 150, 180]
+    _, frames = read_frames(path, [299, 7, 100, 250])
+    assert [(i, read_number(image)) for i, image in frames] == [(7, 7), (100, 100), (250, 250), (299, 299)]
+
+
+def test_short_video_gives_fewer_frames(tmp_path):
+    path = tmp_path / "short.mp4"
+    write_video(path, numbered_frames(70))
+    info, frames = read_frames(path, FrameSampling(step=30, max_frames=7).indices(None))
+    assert [read_number(image) for _, image in frames] == [0, 30, 60]
+    assert FrameSampling().indices(info.frame_count) == [0, 30, 60]
+
+
+@pytest.mark.parametrize("rotation, shape", [(90, (96, 64, 3)), (-90, (96, 64, 3)), (180, (64, 96, 3))])
+def test_rotation_metadata_turns_frames_upright(tmp_path, rotation, shape):
+    image = np.zeros((64, 96, 3), np.uint8)
+    image[:16, :16] = 255  # mark the stored top-left corner
+    path = tmp_path / "rotated.mp4"
+    write_video(path, [image] * 3, rotation=rotation)
+    info, frames = read_frames(path, [0])
+    upright = frames[0][1]
+    assert upright.shape == shape and (info.height, info.width) == shape[:2]
+    corner = np.argwhere(upright[..., 0] > 128).mean(axis=0)
+    expected = {90: (shape[0] - 8, 8), -90: (8, shape[1] - 8), 180: (shape[0] - 8, shape[1] - 8)}[rotation]
+    assert np.allclose(corner, expected, atol=2)
+
+
+def test_odd_frame_size(tmp_path):
+    path = tmp_path / "odd.mp4"
+    write_video(path, [np.full((99, 151, 3), 90, np.uint8)] * 3)
+    info = probe(path)
+    assert (info.width, info.height) == (150, 98)
+    _, frames = read_frames(path, [0, 2])
+    assert frames[1][1].shape == (98, 150, 3)
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("empty", "empty file"), ("text", "not a readable video"), ("garbage", "not a readable video"),
+])
+def test_unreadable_files_say_why(broken_files, kind, message):
+    with pytest.raises(VideoError, match=message):
+        read_frames(broken_files[kind], [0])
+
+
+def test_truncated_video_is_an_error_or_gives_the_frames_it_has(broken_files):
+    try:
+        info, frames = read_frames(broken_files["truncated"], list(range(0, 200, 30)))
+    except VideoError as err:
+        assert "truncated" in str(err) or "not a readable video" in str(err)
+    else:
+        assert len(frames) < 7
+
+
+def test_missing_file():
+    with pytest.raises(VideoError, match="no such file"):
+        probe("does/not/exist.mp4")

@@ -63,7 +63,26 @@ def _prepare_command(parser: argparse.ArgumentParser):
                         help="parallel processes (default: number of CPU cores)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    add_cluster_arguments(parser)
     return _run_prepare
+
+
+def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where the work runs: local processes (default), an existing Dask cluster, or a batch queue."""
+    group = parser.add_argument_group("cluster", "run on Dask: local processes by default (see docs/cluster.md)")
+    group.add_argument("--scheduler", metavar="ADDRESS", help="an existing Dask scheduler, e.g. tcp://head:8786")
+    group.add_argument("--cluster", choices=("slurm", "lsf", "pbs"),
+                       help="submit Dask workers as batch jobs (dask-jobqueue)")
+    group.add_argument("--jobs", type=_positive_int, help="with --cluster: how many batch jobs (default: 1)")
+    group.add_argument("--cluster-config", type=Path, metavar="FILE",
+                       help="with --cluster: YAML/JSON job options (cores, memory, walltime, queue, account, "
+                            "job_extra_directives, ...)")
+
+
+def cluster_options(args: argparse.Namespace) -> dict:
+    """The keyword arguments of ``unmask.distributed.cluster_client`` from ``add_cluster_arguments``'s options."""
+    return {"scheduler": args.scheduler, "cluster": args.cluster, "jobs": args.jobs,
+            "config_file": args.cluster_config}
 
 
 def _prepare_config(args: argparse.Namespace):
@@ -85,11 +104,13 @@ def _run_prepare(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from unmask.datasets import open_dataset
+    from unmask.distributed import cluster_runner
     from unmask.prepare import prepare_dataset
     from unmask.store import FaceStore
     from unmask.visualize import contact_sheet
 
     config = _prepare_config(args)
+    runner = cluster_runner(config, workers=args.workers, **cluster_options(args))
     scan = open_dataset(args.dataset, args.methods, args.compression)
     for problem in scan.problems:
         print(f"warning: {problem}", file=sys.stderr)
@@ -102,7 +123,7 @@ def _run_prepare(args: argparse.Namespace) -> int:
             bar.set_postfix_str(f"{Path(record['video']).name}: {record['status']}", refresh=False)
             bar.update(1)
 
-        summary = prepare_dataset(scan, args.out, config, workers=workers, on_video=on_video)
+        summary = prepare_dataset(scan, args.out, config, workers=workers, on_video=on_video, runner=runner)
         bar.update(summary.already_done)
     sheet = contact_sheet(FaceStore(args.out), args.out / "contact_sheet.png")
     result = summary.to_dict() | {"store": str(args.out), "contact_sheet": str(sheet) if sheet else None}
@@ -129,6 +150,197 @@ def _print_prepare_summary(summary, out: Path, sheet: Path | None) -> None:
     print(f"wall time {summary.wall_s:.1f} s, {summary.videos_per_s:.2f} videos/s")
     if sheet:
         print(f"contact sheet: {sheet}")
+
+
+# --------------------------------------------------------------------------- train / evaluate / tune
+def _param_value(text: str):
+    """Parse a --param value: JSON when it parses (numbers, booleans, lists), else the string."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _params(pairs: list[str]) -> dict:
+    params = {}
+    for pair in pairs or []:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise UnmaskError(f"--param takes NAME=VALUE, got {pair!r}")
+        params[name.replace("-", "_")] = _param_value(value)
+    return params
+
+
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    from unmask.models import MODELS
+
+    parser.add_argument("store", type=Path, help="face store made by `unmask prepare`")
+    parser.add_argument("--model", default="rf", help=f"model name: {', '.join(MODELS.names())} (default: rf)")
+    parser.add_argument("--features", default=None,
+                        help="feature extractor for classical models (default: the model's own; "
+                             "see `unmask models`)")
+    parser.add_argument("--param", action="append", metavar="NAME=VALUE",
+                        help="model parameter, repeatable (e.g. --param n_estimators=2000)")
+    parser.add_argument("--folds", type=_positive_int, default=5, help="folds for cross-validation (default: 5)")
+    parser.add_argument("--aggregate", default="mean", help="frame -> video score: mean, median, max, "
+                        "trimmed-mean (default: mean)")
+    parser.add_argument("--seed", type=int, default=42, help="random seed (default: 42)")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def _options(args: argparse.Namespace, **extra):
+    from unmask.train import TrainOptions
+
+    return TrainOptions(model=args.model, features=args.features, params=_params(args.param),
+                        folds=args.folds, aggregate=args.aggregate, seed=args.seed, **extra)
+
+
+@command("train")
+def _train_command(parser: argparse.ArgumentParser):
+    """Fit a model on a face store, report on held-out faces, save it with a model card."""
+    _add_model_arguments(parser)
+    parser.add_argument("--split", default="official",
+                        help="official (FF++ lists), videos (identity-grouped 80/20), frames (the study's "
+                             "random 80/20 over frames: leaks identities), cv (identity-grouped k-fold), "
+                             "none (default: official)")
+    parser.add_argument("--calibrate", choices=["isotonic", "sigmoid"],
+                        help="calibrate probabilities and choose the threshold on identity-grouped held-out faces")
+    parser.add_argument("--title", help="a name for the model card")
+    parser.add_argument("--out", type=Path, required=True, help="model folder to write")
+    parser.add_argument("--report", type=Path, help="also write a report (metrics.json, report.md, plots) here")
+    return _run_train
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from unmask.store import FaceStore
+    from unmask.train import train
+
+    store = FaceStore(args.store)
+    options = _options(args, split=args.split, calibrate=args.calibrate, title=args.title)
+
+    def on_fold(number: int, fold: dict) -> None:
+        video = fold["metrics"]["video"]
+        print(f"fold {number + 1}/{args.folds}: frame AUC {_fmt(fold['metrics']['frame']['roc_auc'])}, "
+              f"video AUC {_fmt(video['roc_auc'])}, fit {fold['fit_s']:.1f} s", file=sys.stderr)
+
+    result = train(store, options, args.out, args.report, on_fold=on_fold)
+    if args.json:
+        _print_json({"model_dir": str(result.model_dir), "metrics": result.metrics, "cross_validation": result.cv,
+                     "threshold": result.card["threshold"]})
+        return EXIT_OK
+    print(f"model saved to {result.model_dir} (card: {result.model_dir / 'card.json'})")
+    if result.card["training"]["leak_warning"]:
+        print(f"WARNING: {result.card['training']['leak_warning']}")
+    if result.metrics:
+        _print_metrics(result.metrics)
+    if result.cv:
+        _print_cv(result.cv)
+    if not result.metrics and not result.cv:
+        print("no held-out faces to report on (use --split videos or cv)")
+    if args.report:
+        print(f"report: {args.report / 'report.md'}")
+    return EXIT_OK
+
+
+def _fmt(value, spec: str = ".3f") -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def _print_metrics(metrics: dict) -> None:
+    for level in ("frame", "video"):
+        m = metrics[level]
+        print(f"{level:5s}: accuracy {_fmt(m['accuracy'])}  AUC {_fmt(m['roc_auc'])}  EER {_fmt(m['eer'])}  "
+              f"AP {_fmt(m['average_precision'])}  ECE {_fmt(m['ece'])}  (n={m['n']})")
+
+
+def _print_cv(cv: dict) -> None:
+    for name, stats in cv["summary"].items():
+        print(f"cv {name}: {stats['mean']:.3f} ± {stats['std']:.3f}")
+
+
+@command("evaluate")
+def _evaluate_command(parser: argparse.ArgumentParser):
+    """Score a saved model on a face store (any dataset) at frame and video level, with a report."""
+    parser.add_argument("model", type=Path, help="model folder written by `unmask train`")
+    parser.add_argument("store", type=Path, help="face store to score (made by `unmask prepare`)")
+    parser.add_argument("--split", choices=["train", "val", "test"], help="score only this split (default: all)")
+    parser.add_argument("--aggregate", help="frame -> video score (default: the model card's)")
+    parser.add_argument("--report", type=Path, help="write metrics.json, report.md and plots here")
+    parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    return _run_evaluate
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from unmask.models.io import load_model
+    from unmask.store import FaceStore
+    from unmask.train import evaluate_model
+
+    result = evaluate_model(load_model(args.model), FaceStore(args.store), args.split, args.aggregate, args.report)
+    for warning in result["warnings"]:
+        print(f"warning: {warning}", file=sys.stderr)
+    if args.json:
+        _print_json(result)
+    else:
+        print(f"{result['faces']} faces scored")
+        _print_metrics(result["metrics"])
+        if args.report:
+            print(f"report: {args.report / 'report.md'}")
+    return EXIT_OK
+
+
+@command("tune")
+def _tune_command(parser: argparse.ArgumentParser):
+    """Search a model's parameters with identity-grouped cross-validation only."""
+    _add_model_arguments(parser)
+    parser.add_argument("--grid", action="append", metavar="NAME=V1,V2,...", required=True,
+                        help="values to try for one parameter, repeatable (e.g. --grid n_estimators=100,500,2000)")
+    return _run_tune
+
+
+def _run_tune(args: argparse.Namespace) -> int:
+    from unmask.store import FaceStore
+    from unmask.train import tune
+
+    grid = {}
+    for item in args.grid:
+        name, sep, values = item.partition("=")
+        if not sep or not values:
+            raise UnmaskError(f"--grid takes NAME=V1,V2,..., got {item!r}")
+        grid[name.replace("-", "_")] = [_param_value(v) for v in _csv_list(values)]
+
+    def on_trial(trial: dict) -> None:
+        s = trial["summary"]
+        print(f"{trial['params']}: video AUC {_fmt(s.get('video_roc_auc', {}).get('mean'))}, "
+              f"frame AUC {_fmt(s.get('frame_roc_auc', {}).get('mean'))}", file=sys.stderr)
+
+    result = tune(FaceStore(args.store), _options(args, split="cv"), grid, on_trial)
+    if args.json:
+        _print_json(result)
+    else:
+        best = result["best"]
+        print(f"best of {len(result['trials'])} by identity-grouped {args.folds}-fold CV: {best['params']}")
+        for name, stats in best["summary"].items():
+            print(f"  {name}: {stats['mean']:.3f} ± {stats['std']:.3f}")
+    return EXIT_OK
+
+
+@command("models")
+def _models_command(parser: argparse.ArgumentParser):
+    """List the models and feature extractors that --model and --features accept."""
+    return _run_models
+
+
+def _run_models(args: argparse.Namespace) -> int:
+    from unmask.features import FEATURES
+    from unmask.models import MODELS
+
+    print("models:")
+    for name, text in MODELS.describe().items():
+        print(f"  {name:16s} {text}")
+    print("features (classical models):")
+    for name, text in FEATURES.describe().items():
+        print(f"  {name:16s} {text}")
+    return EXIT_OK
 
 
 # --------------------------------------------------------------------------- main

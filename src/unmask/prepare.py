@@ -19,7 +19,7 @@ import pandas as pd
 
 from unmask.config import PrepareConfig, resolve_device
 from unmask.datasets import LABEL_NAMES, DatasetScan, Video
-from unmask.faces.crop import crop_face
+from unmask.faces.crop import crop_box, crop_face
 from unmask.store import KEYPOINT_COLUMNS, Shard, StoreWriter, write_shard
 from unmask.video import read_frames
 
@@ -73,10 +73,12 @@ def process_video(video: Video, config: PrepareConfig, detector, decode_threads:
         best = max(kept, key=lambda d: d.confidence)
         crops.append(crop_face(image, best.box, config.faces.margin, size))
         x1, y1, x2, y2 = (float(v) for v in best.box)
+        cx1, cy1, cx2, cy2 = crop_box(best.box, image.shape, config.faces.margin)
         rows.append({
             "video": video.key, "label": video.label, "method": video.method,
             "compression": video.compression, "source": video.source, "ids": video.ids,
             "split": video.split, "frame": index, "x1": x1, "y1": y1, "x2": x2, "y2": y2,
+            "crop_x1": cx1, "crop_y1": cy1, "crop_x2": cx2, "crop_y2": cy2,
             "confidence": float(best.confidence),
             **dict(zip(KEYPOINT_COLUMNS, np.asarray(best.keypoints, dtype=float).ravel())),
             "n_detections": len(found), "path": str(video.path),

@@ -35,7 +35,8 @@ FORMAT_VERSION = 1
 KEYPOINT_COLUMNS = [f"kp{i}_{axis}" for i in range(5) for axis in ("x", "y")]
 FACE_COLUMNS = [
     "row", "video", "label", "method", "compression", "source", "ids", "split", "frame",
-    "x1", "y1", "x2", "y2", "confidence", *KEYPOINT_COLUMNS, "n_detections", "path",
+    "x1", "y1", "x2", "y2", "crop_x1", "crop_y1", "crop_x2", "crop_y2", "confidence", *KEYPOINT_COLUMNS,
+    "n_detections", "path",
 ]
 VIDEO_COLUMNS = [
     "video", "path", "label", "method", "compression", "ids", "split", "status", "reason",
@@ -188,6 +189,18 @@ class FaceStore:
     def __len__(self) -> int:
         return len(self.table)
 
-    def keypoints(self) -> np.ndarray:
-        """(N, 5, 2) keypoints in frame coordinates."""
-        return self.table[KEYPOINT_COLUMNS].to_numpy(np.float32).reshape(-1, 5, 2)
+    @property
+    def crop_size(self) -> int:
+        return int(self.settings["faces"]["size"])
+
+    @property
+    def margin(self) -> float:
+        return float(self.settings["faces"]["margin"])
+
+    def keypoints(self, rows: np.ndarray | None = None) -> np.ndarray:
+        """(N, 5, 2) keypoints in the coordinates of the stored crops."""
+        table = self.table if rows is None else self.table.iloc[rows]
+        points = table[KEYPOINT_COLUMNS].to_numpy(np.float32).reshape(-1, 5, 2)
+        origin = table[["crop_x1", "crop_y1"]].to_numpy(np.float32)[:, None, :]
+        extent = table[["crop_x2", "crop_y2"]].to_numpy(np.float32)[:, None, :] - origin
+        return (points - origin) * (self.crop_size / extent)

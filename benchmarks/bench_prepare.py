@@ -1,0 +1,80 @@
+"""`unmask prepare` speed on the FF++ sample's c23 videos, against decoding the same frames alone.
+
+Prints the machine, videos/s and faces/s, the time split into decode / detect / store, the
+ratio prepare / decode-only measured in the same run, and peak memory. Medians over repeats.
+
+    python benchmarks/bench_prepare.py [--workers 2] [--repeats 3]
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+import pandas as pd
+
+from common import SHARED_DATA, machine, markdown_table, median, peak_rss_mb, require
+from unmask.config import preset
+from unmask.datasets import open_dataset
+from unmask.prepare import prepare_dataset
+from unmask.video import read_frames
+
+
+def _decode(args) -> int:
+    path, indices = args
+    return len(read_frames(path, indices, threads=1)[1])
+
+
+def decode_only(videos, indices, workers: int) -> tuple[float, int]:
+    """Wall time to decode exactly the frames prepare reads, with the same number of processes."""
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        list(pool.map(_decode, [(v.path, indices) for v in videos[:workers]]))  # warm the processes up
+        started = time.perf_counter()
+        frames = sum(pool.map(_decode, [(v.path, indices) for v in videos]))
+        return time.perf_counter() - started, frames
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=SHARED_DATA / "ffpp-sample")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    scan = open_dataset(require(args.data), ["Deepfakes"], ["c23"])
+    config = preset("seed")
+    indices = config.frames.indices(None)
+    print(f"machine: {machine()}")
+    print(f"data: {args.data.name}, {len(scan.videos)} c23 videos (Deepfakes + originals), "
+          f"frames {indices}, workers {args.workers}, repeats {args.repeats}")
+    decode_times, prepare_times, splits = [], [], []
+    for _ in range(args.repeats):
+        seconds, frames = decode_only(scan.videos, indices, args.workers)
+        decode_times.append(seconds)
+        with tempfile.TemporaryDirectory() as out:
+            summary = prepare_dataset(scan, Path(out) / "faces", config, workers=args.workers)
+            prepare_times.append(summary.wall_s)
+            splits.append(summary.videos[["decode_s", "detect_s", "store_s"]].sum())
+            faces = int(summary.videos["faces"].sum())
+    n = len(scan.videos)
+    decode_s, prepare_s = median(decode_times), median(prepare_times)
+    split = pd.concat(splits, axis=1).median(axis=1)
+    share = split / split.sum()
+    own, child = peak_rss_mb()
+    rows = [
+        ["decode only (baseline)", f"{decode_s:.1f}", f"{n / decode_s:.2f}", "", "1.00"],
+        ["prepare (decode + MTCNN + crop + store)", f"{prepare_s:.1f}", f"{n / prepare_s:.2f}",
+         f"{faces / prepare_s:.1f}", f"{prepare_s / decode_s:.2f}"],
+    ]
+    print(markdown_table(["run", "wall s (median)", "videos/s", "faces/s", "time / decode-only"], rows))
+    print(f"prepare time split (worker CPU seconds): decode {100 * share['decode_s']:.0f}%, "
+          f"detect {100 * share['detect_s']:.0f}%, store {100 * share['store_s']:.0f}%")
+    print(f"faces: {faces} from {frames} frames; peak memory: client {own:.0f} MB, largest worker {child:.0f} MB")
+    print(f"targets: >= 2 videos/s -> {'met' if n / prepare_s >= 2 else 'NOT met'}; "
+          f"<= 2x decode-only -> {'met' if prepare_s / decode_s <= 2 else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,203 @@
+"""Scale-out benchmark (issue 6): `prepare` on Dask over the FF++ sample's c23 videos.
+
+Speed: the same videos with a local Dask cluster of 1 and of 2 workers, and through a
+`dask scheduler` + `dask worker` started here as separate processes; videos/s and speed-up.
+Memory: the peak RSS of the client process (a process of its own, talking to that
+scheduler) at 100 and at 400 videos, during the run and after it commits the store.
+
+    python benchmarks/bench_scale.py                       # about 5-10 minutes on 2 cores
+    python benchmarks/bench_scale.py --videos 200 --memory-frames 7
+
+The sample (../shared/data/ffpp-sample beside the repository) is research data; the
+benchmark skips when it is absent. It is replicated with symlinks when more videos are asked.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import replace
+from itertools import cycle, islice
+from pathlib import Path
+
+from unmask.config import preset
+from unmask.datasets import open_dataset
+from unmask.distributed import cluster_client, dask_runner
+from unmask.prepare import prepare_dataset
+
+SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ffpp-sample"
+
+
+def config_for(frames: int, size: int):
+    """The seed preset (1 frame in 30, MTCNN > 0.9, no margin), with these frames and crop side."""
+    seed = preset("seed")
+    return replace(seed, frames=replace(seed.frames, max_frames=frames), faces=replace(seed.faces, size=size))
+
+
+def replicate(count: int, folder: Path) -> Path:
+    """A real/ + fake/ dataset of ``count`` symlinks to the sample's c23 videos, reals and fakes alternating."""
+    scan = open_dataset(SAMPLE, ["Deepfakes"], ["c23"])
+    reals = [v.path for v in scan.videos if v.label == 0]
+    fakes = [v.path for v in scan.videos if v.label == 1]
+    pairs = [p for pair in zip(reals, fakes) for p in pair]
+    for number, path in enumerate(islice(cycle(pairs), count)):
+        label = "real" if path in reals else "fake"
+        link = folder / label / f"{number // len(pairs):02d}-{path.name}"
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(path.resolve())
+    return folder
+
+
+def machine() -> str:
+    model = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                 if line.startswith("model name")]
+        model = names[0] if names else model
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    return f"{model}, {os.cpu_count()} cores, Python {platform.python_version()}, load average at start {load}"
+
+
+@contextmanager
+def dask_processes(workers: int, folder: Path):
+    """`dask scheduler` and `dask worker --nworkers N --nthreads 1` as processes; yields the address."""
+    folder.mkdir(parents=True, exist_ok=True)
+    started = []
+
+    def start(args, log):
+        with (folder / log).open("w") as handle:
+            started.append(subprocess.Popen([sys.executable, "-m", *args], stdout=handle,
+                                            stderr=subprocess.STDOUT, start_new_session=True))
+
+    try:
+        start(["distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+               "--scheduler-file", str(folder / "scheduler.json")], "scheduler.log")
+        deadline = time.monotonic() + 120
+        while not (folder / "scheduler.json").exists():
+            if time.monotonic() > deadline or started[0].poll() is not None:
+                raise RuntimeError(f"dask scheduler did not start: {(folder / 'scheduler.log').read_text()}")
+            time.sleep(0.1)
+        address = json.loads((folder / "scheduler.json").read_text())["address"]
+        start(["distributed.cli.dask_worker", address, "--nworkers", str(workers), "--nthreads", "1",
+               "--no-dashboard", "--local-directory", str(folder)], "workers.log")
+        with cluster_client(scheduler=address) as client:
+            client.wait_for_workers(workers, timeout=120)
+        yield address
+    finally:
+        for process in reversed(started):
+            process.terminate()
+            process.wait()
+
+
+def timed(dataset: Path, out: Path, config, **cluster) -> dict:
+    scan = open_dataset(dataset)
+    began = time.perf_counter()
+    with cluster_client(**cluster) as client:
+        ready = time.perf_counter()
+        summary = prepare_dataset(scan, out, config, runner=dask_runner(client, config))
+    assert summary.processed == len(scan.videos), "every video must be processed"
+    return {"videos": summary.processed, "startup_s": ready - began, "wall_s": summary.wall_s,
+            "videos_per_s": summary.processed / summary.wall_s,
+            "ok": int((summary.videos["status"] == "ok").sum())}
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def client_run(address: str, dataset: Path, out: Path, frames: int, size: int) -> None:
+    """The client alone in this process: run, then commit; print its peak RSS at each step as JSON."""
+    config = config_for(frames, size)
+    scan = open_dataset(dataset)
+    peaks = {}
+    with cluster_client(scheduler=address) as client:
+        peaks["connected_mb"] = peak_rss_mb()
+        run = dask_runner(client, config)
+
+        def runner(videos, shards):
+            yield from run(videos, shards)
+            peaks["run_mb"] = peak_rss_mb()
+
+        summary = prepare_dataset(scan, out, config, runner=runner)
+    peaks["committed_mb"] = peak_rss_mb()
+    faces_mb = (out / "faces.npy").stat().st_size / 2**20
+    print(json.dumps({"videos": summary.processed, "faces_mb": faces_mb, **peaks}))
+
+
+def client_memory(address: str, dataset: Path, out: Path, frames: int, size: int) -> dict:
+    command = [sys.executable, __file__, "--client-run", address, str(dataset), str(out),
+               "--memory-frames", str(frames), "--size", str(size)]
+    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--videos", type=int, default=62, help="videos for the speed runs (sample: 62 c23)")
+    parser.add_argument("--frames", type=int, default=7, help="frames per video for the speed runs (seed: 7)")
+    parser.add_argument("--size", type=int, default=320, help="crop side (seed: 320)")
+    parser.add_argument("--memory-videos", default="100,400", help="video counts for the client memory runs")
+    parser.add_argument("--memory-frames", type=int, default=1,
+                        help="frames per video for the memory runs (default 1: the client's memory does not "
+                             "depend on it, and it keeps 500 videos quick)")
+    parser.add_argument("--client-run", nargs=3, metavar=("ADDRESS", "DATASET", "OUT"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.client_run:
+        address, dataset, out = args.client_run
+        client_run(address, Path(dataset), Path(out), args.memory_frames, args.size)
+        return 0
+    if not SAMPLE.is_dir():
+        print(f"skipped: the FF++ sample is not at {SAMPLE} (research data, not in the repository)")
+        return 0
+    print(f"machine: {machine()}")
+    config = config_for(args.frames, args.size)
+    print(f"settings: seed preset, {args.frames} frames (1 in {config.frames.step}), crop {args.size}, "
+          f"MTCNN confidence > {config.faces.min_confidence}")
+    with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
+        tmp = Path(tmp)
+        dataset = replicate(args.videos, tmp / "speed")
+        rows = []
+        for name, workers, cluster in (("Dask LocalCluster", 1, {"workers": 1}),
+                                       ("Dask LocalCluster", 2, {"workers": 2})):
+            print(f"running {name}, {workers} worker(s)...", file=sys.stderr, flush=True)
+            rows.append((name, workers, timed(dataset, tmp / f"local-{workers}", config, **cluster)))
+        print("running dask scheduler + dask worker processes, 2 workers...", file=sys.stderr, flush=True)
+        began = time.perf_counter()
+        with dask_processes(2, tmp / "dask") as address:
+            result = timed(dataset, tmp / "processes", config, scheduler=address)
+            result["startup_s"] = time.perf_counter() - began - result["wall_s"]  # processes, then connect
+            rows.append(("`dask scheduler` + `dask worker` processes", 2, result))
+            memory = []
+            for count in (int(x) for x in args.memory_videos.split(",")):
+                print(f"client memory over {count} videos...", file=sys.stderr, flush=True)
+                memory.append(client_memory(address, replicate(count, tmp / f"memory-{count}"),
+                                            tmp / f"memory-out-{count}", args.memory_frames, args.size))
+    base = rows[0][2]["videos_per_s"]
+    print()
+    print("| engine | workers | videos | cluster start (s) | wall (s) | videos/s | speed-up vs 1 worker |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for name, workers, r in rows:
+        print(f"| {name} | {workers} | {r['videos']} | {r['startup_s']:.1f} | {r['wall_s']:.1f} | "
+              f"{r['videos_per_s']:.2f} | {r['videos_per_s'] / base:.2f}x |")
+    print()
+    print(f"client peak RSS (own process, `dask scheduler` + 2 `dask worker` processes; "
+          f"{args.memory_frames} frame(s) per video, crop {args.size}):")
+    print()
+    print("| videos | faces written (MB) | after connecting (MB) | end of run (MB) | after commit (MB) |")
+    print("|---:|---:|---:|---:|---:|")
+    for m in memory:
+        print(f"| {m['videos']} | {m['faces_mb']:.0f} | {m['connected_mb']:.0f} | {m['run_mb']:.0f} | "
+              f"{m['committed_mb']:.0f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Face detection: ``unmask.faces.mtcnn.MTCNN`` (imported from there, so that importing this package stays cheap)."""

@@ -1,0 +1,92 @@
+"""Every model by name, and a memory check before fitting one.
+
+``create_model("rf", features="pixels-small")`` returns an unfitted scikit-learn
+``Pipeline`` whose first step turns uint8 face crops into features, so one object goes
+from faces to ``predict_proba`` and can be cross-validated or saved as a whole.
+
+Model modules register their builders in ``MODELS`` when imported; add a module to
+``MODEL_MODULES`` to make its models appear (the torch models go in
+``unmask.models.cnn``).
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from importlib import import_module
+from pathlib import Path
+from typing import Any
+
+from unmask.errors import UnmaskError
+from unmask.registry import Registry
+
+MODELS: Registry[Any] = Registry("model")
+
+FIT_MEMORY: dict[str, Callable[[int, int], int]] = {}
+"""model name -> f(n_samples, n_features) giving peak bytes to fit it; see ``estimate_fit_memory``."""
+
+MODEL_MODULES: tuple[str, ...] = ("unmask.models.classical", "unmask.models.cnn")
+"""Modules that register models when imported."""
+
+
+def create_model(name: str, features: Any = None, **params: Any) -> Any:
+    """An unfitted model: ``features`` is an extractor name or instance (None: the
+    model's default); other keyword arguments go to the model's builder."""
+    if features is not None:
+        params["features"] = features
+    return MODELS.create(name, **params)
+
+
+def estimate_fit_memory(model_name: str, n_samples: int, n_features: int) -> int | None:
+    """Peak bytes, beyond the face array itself, to extract features and fit the model.
+
+    ``n_features`` is the feature length (``unmask.features.feature_dim``). None when the
+    model has no estimate (a model that streams batches does not need one).
+    """
+    MODELS.builder(model_name)  # unknown names fail with the list of choices
+    estimate = FIT_MEMORY.get(model_name)
+    return None if estimate is None else int(estimate(n_samples, n_features))
+
+
+def available_memory() -> int:
+    """Bytes this process can still allocate: MemAvailable, capped by a cgroup v2 limit."""
+    available = _meminfo_available()
+    cgroup = Path("/sys/fs/cgroup")
+    try:
+        limit = (cgroup / "memory.max").read_text().strip()
+        if limit != "max":
+            used = int((cgroup / "memory.current").read_text())
+            available = min(available, int(limit) - used)
+    except (OSError, ValueError):
+        pass
+    return available
+
+
+def _meminfo_available() -> int:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def check_fit_memory(model_name: str, n_samples: int, n_features: int, available: int | None = None) -> int | None:
+    """Raise UnmaskError if fitting would need more memory than is available.
+
+    Returns the estimate (None if the model has none). Run it before extracting
+    features, so a doomed run fails in a second rather than after an hour of swapping.
+    """
+    needed = estimate_fit_memory(model_name, n_samples, n_features)
+    available = available_memory() if available is None else available
+    if needed is not None and needed > available:
+        raise UnmaskError(
+            f"fitting {model_name!r} on {n_samples:,} faces x {n_features:,} features needs about "
+            f"{needed / 2**30:.1f} GiB of memory but only {available / 2**30:.1f} GiB is available; "
+            "use compact features (pixels-small, spectrum, spectrum+small) or fewer faces"
+        )
+    return needed
+
+
+for _module in MODEL_MODULES:
+    import_module(_module)

@@ -1,0 +1,649 @@
+"""Convolutional face classifiers behind the scikit-learn interface.
+
+``TorchFaceClassifier`` takes the same uint8 face crops as the classical pipelines, so the
+CLI, cross-validation and the model card treat every model alike. It trains on CUDA when
+present (mixed precision) and on all CPU cores otherwise, streams the face array batch by
+batch (it is often a memmap larger than memory), can turn real faces into self-blended
+fakes on the fly, stops early on an identity-grouped validation split, and resumes from
+per-epoch checkpoints.
+
+Networks live in ``ARCHITECTURES``: the MesoNet ports (``unmask.models.mesonet``; the
+authors' weights with ``init="released"``) and ``resnet-small``, a compact residual net that
+trains from scratch in minutes on two CPU cores. Whatever the network's own convention,
+the estimator works with the logit of P(fake).
+"""
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import os
+import sys
+import threading
+import time
+import warnings
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.metrics import roc_auc_score
+from sklearn.utils.validation import check_is_fitted
+from torch import nn
+from tqdm.auto import tqdm
+
+from unmask.augment import Augmenter
+from unmask.config import resolve_device
+from unmask.errors import UnmaskError
+from unmask.models import MODELS
+from unmask.models.mesonet import Meso4, MesoInception4, load_released
+from unmask.registry import Registry
+from unmask.splits import _group_split
+from unmask.synth import self_blend
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """A network and how to feed it: what the estimator needs beyond the weights."""
+
+    build: Callable[[], nn.Module]
+    """A randomly initialised network; forward maps (N, 3, S, S) to (N,) logits."""
+    input_size: int
+    """Default side S of the square input."""
+    fixed_size: bool
+    """True when the network only takes ``input_size`` (a dense layer after the convs)."""
+    logit_sign: float
+    """+1 if forward gives the logit of P(fake), -1 if of P(real) (MesoNet)."""
+    mean: tuple[float, float, float] | None
+    """Per-channel mean subtracted after scaling to [0, 1] (None: no normalisation)."""
+    std: tuple[float, float, float] | None
+    crop_margin: float
+    """Recommended box margin of the face crops (fraction of the box on each side)."""
+    cam_layer: str
+    """Submodule whose output Grad-CAM explains: the last conv block."""
+    released: Callable[[], nn.Module] | None = None
+    """The authors' trained network, where weights were released."""
+
+
+ARCHITECTURES: Registry[Architecture] = Registry("architecture")
+
+# The data README: released MesoNet on FF++ works best with MTCNN boxes enlarged by 30%.
+MESONET_MARGIN = 0.3
+
+
+@ARCHITECTURES.register("meso4", help="Meso-4 (Afchar et al. 2018), 28k parameters, 256 px; --init released: "
+                                      "the authors' Deepfake weights")
+def _meso4() -> Architecture:
+    return Architecture(build=Meso4, input_size=256, fixed_size=True, logit_sign=-1.0, mean=None, std=None,
+                        crop_margin=MESONET_MARGIN, cam_layer="block4", released=lambda: load_released("meso4"))
+
+
+@ARCHITECTURES.register("mesoinception4", help="MesoInception-4 (Afchar et al. 2018), 28k parameters, 256 px; "
+                                               "--init released: the authors' Deepfake weights")
+def _mesoinception4() -> Architecture:
+    return Architecture(build=MesoInception4, input_size=256, fixed_size=True, logit_sign=-1.0, mean=None, std=None,
+                        crop_margin=MESONET_MARGIN, cam_layer="block4",
+                        released=lambda: load_released("mesoinception4"))
+
+
+class _Residual(nn.Module):
+    """ResNet basic block: two 3x3 convs with batch norm, a 1x1 projection when the shape changes."""
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_ch)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_ch)
+        # Zero-initialised last norm: each block starts as the identity, which lets a
+        # network trained from scratch on little data converge fast and stably.
+        nn.init.zeros_(self.bn2.weight)
+        self.shortcut = nn.Identity()
+        if stride != 1 or in_ch != out_ch:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride, bias=False), nn.BatchNorm2d(out_ch))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class ResNetSmall(nn.Module):
+    """A 10-layer residual net, ~1.2M parameters: stride-2 stem, four stride-2 stages
+    (32, 64, 128, 256 channels), global average pooling, dropout, one logit of P(fake).
+
+    Chosen by measured speed on two CPU cores (channels-last, oneDNN): wide-enough plain 3x3
+    convs at falling resolution beat depthwise (EfficientNet-style) blocks there, and halving
+    the resolution at every stage keeps a 160 px face at ~0.16 GFLOPs. Any input size works.
+    """
+
+    def __init__(self, widths: tuple[int, ...] = (32, 64, 128, 256), stem: int = 24, dropout: float = 0.2):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, stem, 3, 2, 1, bias=False), nn.BatchNorm2d(stem), nn.ReLU(inplace=True))
+        channels = [stem, *widths]
+        self.stages = nn.Sequential(*(_Residual(a, b, 2) for a, b in itertools.pairwise(channels)))
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(widths[-1], 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logit of P(fake), shape (N,)."""
+        return self.head(self.stages(self.stem(x))).squeeze(1)
+
+
+@ARCHITECTURES.register("resnet-small", help="compact ResNet, 1.2M parameters, 160 px, trained from scratch: "
+                                             "minutes on 2 CPU cores")
+def _resnet_small() -> Architecture:
+    return Architecture(build=ResNetSmall, input_size=160, fixed_size=False, logit_sign=1.0,
+                        mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), crop_margin=MESONET_MARGIN,
+                        cam_layer="stages.3")
+
+
+def _check_faces(X: Any) -> np.ndarray:
+    if not isinstance(X, np.ndarray) or X.ndim != 4 or X.shape[-1] != 3 or X.dtype != np.uint8:
+        raise UnmaskError("CNN models expect uint8 RGB face crops of shape (N, H, W, 3), got "
+                          f"{type(X).__name__} {getattr(X, 'dtype', '')} {getattr(X, 'shape', '')}".rstrip())
+    if len(X) == 0:
+        raise UnmaskError("there are no faces")
+    return X
+
+
+def _resize(face: np.ndarray, size: int) -> np.ndarray:
+    if face.shape[0] == size and face.shape[1] == size:
+        return face
+    return cv2.resize(face, (size, size), interpolation=cv2.INTER_AREA)
+
+
+def _prefetched(make: Callable[[Any], Any], jobs: Iterable[Any], workers: int) -> Iterator[Any]:
+    """``make(job)`` for each job, in order, up to ``2 * workers`` computed ahead in threads.
+
+    OpenCV, PyAV and most numpy work release the GIL, so the next batches are cut, resized
+    and augmented while the network runs on the current one. Bounded, so memory stays at a
+    few batches however long the epoch.
+    """
+    if workers == 0:
+        yield from map(make, jobs)
+        return
+    jobs = iter(jobs)
+    with ThreadPoolExecutor(workers) as pool:
+        pending = deque(pool.submit(make, job) for job in itertools.islice(jobs, 2 * workers))
+        while pending:
+            result = pending.popleft().result()
+            pending.extend(pool.submit(make, job) for job in itertools.islice(jobs, 1))
+            yield result
+
+
+class _Batches:
+    """Cuts uint8 batches at the network's size out of the face array (one face at a time,
+    never a float copy of the whole array); for training also self-blends and augments.
+
+    All randomness of a training batch comes from ``(seed, epoch, batch)``, so a batch is
+    the same whichever thread makes it and whether or not the run was resumed.
+    """
+
+    _VALIDATION = 1_000_003  # seeds the fixed self-blends of validation faces, apart from epochs
+
+    def __init__(self, X: np.ndarray, y: np.ndarray, keypoints: np.ndarray | None, size: int, augment: bool,
+                 synth_ratio: float, seed: int):
+        self.X, self.y, self.keypoints, self.size = X, y, keypoints, size
+        self.augment, self.synth_ratio, self.seed = augment, synth_ratio, seed
+        self._local = threading.local()
+
+    def _augmenter(self) -> Augmenter:
+        """One per thread: an Augmenter caches H.264 encoders and is not thread-safe."""
+        if not hasattr(self._local, "augmenter"):
+            self._local.augmenter = Augmenter()
+        return self._local.augmenter
+
+    def _blend(self, i: int, face: np.ndarray, rng: np.random.Generator) -> np.ndarray | None:
+        """A self-blended fake of face ``i``, or None where its keypoints do not allow one."""
+        try:
+            return self_blend(face, self.keypoints[i], rng)[0]
+        except ValueError:  # missing or degenerate keypoints: the face stays real
+            return None
+
+    def inference(self, indices: np.ndarray) -> np.ndarray:
+        return np.stack([_resize(self.X[i], self.size) for i in indices])
+
+    def training(self, job: tuple[np.ndarray, int, int]) -> tuple[np.ndarray, np.ndarray, int]:
+        """(faces, labels, how many were turned into fakes) for batch ``number`` of ``epoch``."""
+        indices, epoch, number = job
+        rng = np.random.default_rng([self.seed, epoch, number])
+        faces, labels, blended = [], self.y[indices].astype(np.float32), 0
+        for k, i in enumerate(indices):
+            face = np.asarray(self.X[i])
+            if self.synth_ratio and labels[k] == 0 and rng.random() < self.synth_ratio:
+                fake = self._blend(i, face, rng)
+                if fake is not None:
+                    face, labels[k], blended = fake, 1.0, blended + 1
+            face = _resize(face, self.size)
+            faces.append(self._augmenter()(face, rng) if self.augment else face)
+        return np.stack(faces), labels, blended
+
+    def validation(self, job: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """(faces, labels); faces flagged ``as_fake`` are replaced by a fixed self-blend of themselves."""
+        indices, as_fake = job
+        faces, labels = [], self.y[indices].astype(np.float32)
+        for k, (i, fake) in enumerate(zip(indices, as_fake)):
+            face = np.asarray(self.X[i])
+            blended = self._blend(i, face, np.random.default_rng([self.seed, self._VALIDATION, i])) if fake else None
+            if blended is not None:
+                face, labels[k] = blended, 1.0
+            faces.append(_resize(face, self.size))
+        return np.stack(faces), labels
+
+
+def _chunks(items: np.ndarray, size: int) -> list[np.ndarray]:
+    return [items[start:start + size] for start in range(0, len(items), size)]
+
+
+class TorchFaceClassifier(ClassifierMixin, BaseEstimator):
+    """A CNN deepfake detector with the scikit-learn interface; ``classes_`` are [0 real, 1 fake].
+
+    Parameters
+    ----------
+    arch : name in ``ARCHITECTURES`` ("meso4", "mesoinception4", "resnet-small").
+    init : "scratch" (random) or "released" (the authors' weights; MesoNet only).
+    input_size : side of the network input in pixels; None: the architecture's.
+    epochs : most epochs to train; 0 with ``init="released"``: the released network as is.
+    batch_size : faces per training step (and per inference batch on GPU).
+    lr : AdamW learning rate, constant; None: 1e-3 from scratch, 1e-4 to fine-tune released weights.
+        Constant so that a run extended with more epochs follows the same path as a longer one.
+    weight_decay : AdamW's decoupled weight decay.
+    augment : apply ``unmask.augment.Augmenter`` (compression, rescaling, blur, noise, colour, flip).
+    synth_ratio : fraction of each batch's real faces replaced, on the fly, by self-blended fakes of
+        themselves (labelled fake); needs ``keypoints`` in ``fit``.
+    val_fraction : share of identity groups held out to pick the best epoch by validation AUC
+        (needs ``groups`` in ``fit``); 0: train all ``epochs`` on everything.
+    patience : stop after this many epochs without a better validation AUC.
+    device : "auto" (CUDA when present), "cpu" or "cuda[:N]".
+    seed : seeds initialisation, shuffling, augmentation, synthesis, dropout and the split.
+    checkpoint_dir : if set, the state after each epoch is saved there and a later ``fit`` with the
+        same settings and data resumes from it (and may train on to a larger ``epochs``).
+    progress : show a progress bar on stderr with the loss and the validation AUC.
+    num_workers : threads preparing batches ahead; None: 1 on CPU (the cores run the network),
+        up to 8 on GPU (augmentation is then the bottleneck).
+
+    Fitted attributes: ``net_`` (the torch module, eval mode), ``classes_``, ``history_`` (one dict per
+    epoch: loss, val_auc, faces, synth, seconds), ``best_epoch_`` and ``val_auc_`` (None without
+    validation).
+    """
+
+    def __init__(self, arch: str = "resnet-small", init: str = "scratch", input_size: int | None = None,
+                 epochs: int = 20, batch_size: int = 32, lr: float | None = None, weight_decay: float = 0.01,
+                 augment: bool = True, synth_ratio: float = 0.0, val_fraction: float = 0.2, patience: int = 5,
+                 device: str = "auto", seed: int = 42, checkpoint_dir: str | os.PathLike | None = None,
+                 progress: bool = False, num_workers: int | None = None):
+        self.arch = arch
+        self.init = init
+        self.input_size = input_size
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.augment = augment
+        self.synth_ratio = synth_ratio
+        self.val_fraction = val_fraction
+        self.patience = patience
+        self.device = device
+        self.seed = seed
+        self.checkpoint_dir = checkpoint_dir
+        self.progress = progress
+        self.num_workers = num_workers
+
+    # ----- description -----
+
+    def _architecture(self) -> Architecture:
+        arch = ARCHITECTURES.create(self.arch)
+        if self.init not in ("scratch", "released"):
+            raise UnmaskError(f"init must be 'scratch' or 'released', not {self.init!r}")
+        if self.init == "released" and arch.released is None:
+            raise UnmaskError(f"{self.arch} has no released weights; use init='scratch'")
+        if self.input_size is not None and arch.fixed_size and self.input_size != arch.input_size:
+            raise UnmaskError(f"{self.arch} only takes {arch.input_size} px inputs, not {self.input_size}")
+        return arch
+
+    def _size(self, arch: Architecture) -> int:
+        return arch.input_size if self.input_size is None else int(self.input_size)
+
+    def preprocessing(self) -> dict[str, Any]:
+        """How faces must be cut and fed, for the model card and for ``unmask check``."""
+        arch = self._architecture()
+        size = self._size(arch)
+        return {
+            "input_size": size,
+            "resize": f"crop resized to {size}x{size} with cv2.INTER_AREA",
+            "colour": "RGB",
+            "scale": "[0,1]",
+            "normalisation": None if arch.mean is None else {"mean": list(arch.mean), "std": list(arch.std)},
+            "crop_margin": arch.crop_margin,
+            "output": "predict_proba columns [P(real), P(fake)]; decision_function is the logit of P(fake)",
+        }
+
+    # ----- training -----
+
+    def fit(self, X: np.ndarray, y: np.ndarray, groups: Iterable[Any] | None = None,
+            keypoints: np.ndarray | None = None) -> TorchFaceClassifier:
+        """Train on uint8 crops ``X`` (N, H, W, 3) RGB with labels ``y`` (1 fake, 0 real).
+
+        ``groups``: one identity label per face (e.g. ``unmask.splits.identity_groups(ids)``);
+        the validation split never cuts a group. ``keypoints``: (N, 5, 2) MTCNN keypoints in crop
+        pixels, needed by ``synth_ratio``.
+        """
+        X = _check_faces(X)
+        y = np.asarray(y).astype(np.int64).ravel()
+        if y.shape != (len(X),) or not np.isin(y, (0, 1)).all():
+            raise UnmaskError("labels must be one 0 (real) or 1 (fake) per face")
+        arch = self._architecture()
+        self.classes_ = np.array([0, 1])
+        if self.epochs == 0:
+            if self.init != "released":
+                raise UnmaskError("epochs=0 keeps the network untrained; it only makes sense with init='released'")
+            return self._adopt(arch.released(), [], None, None)
+        if not 0.0 <= self.synth_ratio < 1.0:
+            raise UnmaskError("synth_ratio must be in [0, 1): some real faces must stay real")
+        synth_ratio = self.synth_ratio
+        if synth_ratio and keypoints is None:
+            warnings.warn(f"synth_ratio={synth_ratio} ignored: self-blending needs each face's keypoints "
+                          "(pass fit(..., keypoints=...), e.g. FaceStore.keypoints())", stacklevel=2)
+            synth_ratio = 0.0
+        if keypoints is not None:
+            keypoints = np.asarray(keypoints, dtype=np.float32)
+            if keypoints.shape != (len(X), 5, 2):
+                raise UnmaskError(f"keypoints must be (N, 5, 2) = ({len(X)}, 5, 2), got {keypoints.shape}")
+        if not (y == 1).any() and not (synth_ratio and (y == 0).any()):
+            raise UnmaskError("training needs fake faces, or real faces and synth_ratio > 0 with keypoints")
+        if not (y == 0).any():
+            raise UnmaskError("training needs real faces")
+        train, validation = self._split(y, groups, synth_ratio > 0)
+        device = torch.device(resolve_device(self.device))
+        cuda_devices = [device.index if device.index is not None else torch.cuda.current_device()] \
+            if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda_devices):
+            torch.manual_seed(self.seed)
+            net = arch.released() if self.init == "released" else arch.build()
+            return self._train(arch, net.to(device, memory_format=torch.channels_last), X, y, keypoints,
+                               synth_ratio, train, validation)
+
+    def _split(self, y: np.ndarray, groups: Iterable[Any] | None,
+               synth: bool) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
+        """Training positions, and validation (positions, which to self-blend) or None."""
+        everything = np.arange(len(y))
+        if not self.val_fraction:
+            return everything, None
+        if not 0.0 < self.val_fraction < 1.0:
+            raise UnmaskError("val_fraction must be in [0, 1)")
+        if groups is None:
+            warnings.warn("no validation split: it needs identity groups (fit(..., groups=...)); a split over "
+                          "frames would put one person on both sides and flatter the model", stacklevel=3)
+            return everything, None
+        codes = np.unique(np.asarray(list(groups), dtype=str), return_inverse=True)[1].ravel()
+        if codes.shape != y.shape:
+            raise UnmaskError("groups must name one identity per face")
+        train, held_out = _group_split(y, codes, self.val_fraction, np.random.default_rng(self.seed))
+        has_fakes = (y[held_out] == 1).any()
+        trainable = (y[train] == 0).any() and ((y[train] == 1).any() or synth)
+        if not trainable or not (y[held_out] == 0).any() or not (has_fakes or synth):
+            warnings.warn("no validation split: the identity groups cannot give both sides both classes; "
+                          "training on all faces for every epoch", stacklevel=3)
+            return everything, None
+        if has_fakes:
+            return train, (held_out, np.zeros(len(held_out), dtype=bool))
+        # Only real faces held out (training on self-blends alone): judge on fixed self-blends of them.
+        reals = held_out[y[held_out] == 0]
+        return train, (np.concatenate([held_out, reals]),
+                       np.concatenate([np.zeros(len(held_out), bool), np.ones(len(reals), bool)]))
+
+    def _workers(self, device: torch.device) -> int:
+        if self.num_workers is not None:
+            return int(self.num_workers)
+        return min(8, os.cpu_count() or 1) if device.type == "cuda" else 1
+
+    def _fingerprint(self, X: np.ndarray, y: np.ndarray, synth_ratio: float) -> str:
+        """What a checkpoint must agree on to be resumed: every setting that changes the path of
+        training (not ``epochs``, which may grow) and the shape of the data."""
+        params = {k: v for k, v in self.get_params().items()
+                  if k not in ("epochs", "patience", "device", "checkpoint_dir", "progress", "num_workers")}
+        params.update(synth_ratio=synth_ratio, faces=list(X.shape), fakes=int(y.sum()))
+        return json.dumps(params, sort_keys=True, default=str)
+
+    def _train(self, arch: Architecture, net: nn.Module, X: np.ndarray, y: np.ndarray,
+               keypoints: np.ndarray | None, synth_ratio: float, train: np.ndarray,
+               validation: tuple[np.ndarray, np.ndarray] | None) -> TorchFaceClassifier:
+        device = next(net.parameters()).device
+        lr = self.lr if self.lr is not None else (1e-4 if self.init == "released" else 1e-3)
+        optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=self.weight_decay)
+        amp_dtype = _amp_dtype(device)
+        scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+        # Class-balanced loss: each class weighs half, counting the expected self-blends as fakes.
+        reals = (y[train] == 0).sum() * (1.0 - synth_ratio)
+        fakes = (y[train] == 1).sum() + (y[train] == 0).sum() * synth_ratio
+        class_weight = torch.tensor([len(train) / (2 * reals), len(train) / (2 * fakes)], device=device)
+        batches = _Batches(X, y, keypoints, self._size(arch), self.augment, synth_ratio, self.seed)
+        workers = self._workers(device)
+        state = {"epoch": 0, "history": [], "best_state": None, "best_auc": None, "best_epoch": None, "bad_epochs": 0}
+        fingerprint = self._fingerprint(X, y, synth_ratio)
+        checkpoint = None if self.checkpoint_dir is None else Path(self.checkpoint_dir) / "checkpoint.pt"
+        if checkpoint is not None and checkpoint.exists():
+            state = self._resume(checkpoint, fingerprint, net, optimizer, scaler)
+        steps = len(_chunks(train, self.batch_size))
+        bar = tqdm(total=max(0, self.epochs - state["epoch"]) * steps, disable=not self.progress, file=sys.stderr,
+                   unit="batch", desc=self.arch, dynamic_ncols=True)
+        with bar:
+            for epoch in range(state["epoch"], self.epochs):
+                if validation is not None and state["bad_epochs"] >= self.patience:
+                    break
+                started = time.perf_counter()
+                order = np.random.default_rng([self.seed, epoch]).permutation(train)
+                jobs = [(chunk, epoch, number) for number, chunk in enumerate(_chunks(order, self.batch_size))]
+                net.train()
+                total_loss, seen, blended = 0.0, 0, 0
+                for faces, labels, n_blended in _prefetched(batches.training, jobs, workers):
+                    inputs = self._tensor(faces, arch, device)
+                    targets = torch.from_numpy(labels).to(device)
+                    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                        logits = arch.logit_sign * net(inputs).float()
+                    losses = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+                    loss = (losses * class_weight[targets.long()]).mean()
+                    optimizer.zero_grad(set_to_none=True)
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
+                    total_loss += loss.item() * len(labels)
+                    seen += len(labels)
+                    blended += n_blended
+                    bar.update()
+                    bar.set_postfix(epoch=epoch + 1, loss=f"{total_loss / seen:.4f}", refresh=False)
+                val_auc = None if validation is None else self._validate(net, arch, batches, validation, workers)
+                state["epoch"] = epoch + 1
+                state["history"].append({"epoch": epoch + 1, "loss": total_loss / seen, "val_auc": val_auc,
+                                         "faces": seen, "synth": blended,
+                                         "seconds": round(time.perf_counter() - started, 3)})
+                if val_auc is not None:
+                    if state["best_auc"] is None or val_auc > state["best_auc"]:
+                        state.update(best_auc=val_auc, best_epoch=epoch + 1, bad_epochs=0,
+                                     best_state=_cpu_state(net))
+                    else:
+                        state["bad_epochs"] += 1
+                    bar.set_postfix(epoch=epoch + 1, loss=f"{total_loss / seen:.4f}", val_auc=f"{val_auc:.4f}")
+                if checkpoint is not None:
+                    self._save(checkpoint, fingerprint, net, optimizer, scaler, state)
+        if state["best_state"] is not None:
+            net.load_state_dict(state["best_state"])
+        return self._adopt(net, state["history"], state["best_epoch"], state["best_auc"])
+
+    def _validate(self, net: nn.Module, arch: Architecture, batches: _Batches,
+                  validation: tuple[np.ndarray, np.ndarray], workers: int) -> float:
+        indices, as_fake = validation
+        size = self.batch_size
+        jobs = zip(_chunks(indices, size), _chunks(as_fake, size))
+        scores, labels = [], []
+        net.eval()
+        device = next(net.parameters()).device
+        with torch.inference_mode():
+            for faces, batch_labels in _prefetched(batches.validation, jobs, workers):
+                scores.append(self._logits(net, arch, faces, device))
+                labels.append(batch_labels)
+        return float(roc_auc_score(np.concatenate(labels), np.concatenate(scores)))
+
+    def _save(self, path: Path, fingerprint: str, net: nn.Module, optimizer: torch.optim.Optimizer,
+              scaler: torch.amp.GradScaler, state: dict[str, Any]) -> None:
+        """Atomically: a crash mid-write leaves the previous epoch's checkpoint intact."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        payload = {**state, "fingerprint": fingerprint, "model": _cpu_state(net), "optimizer": optimizer.state_dict(),
+                   "scaler": scaler.state_dict(), "torch_rng": torch.get_rng_state(),
+                   "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        torch.save(payload, temporary)
+        os.replace(temporary, path)
+
+    def _resume(self, path: Path, fingerprint: str, net: nn.Module, optimizer: torch.optim.Optimizer,
+                scaler: torch.amp.GradScaler) -> dict[str, Any]:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        if payload["fingerprint"] != fingerprint:
+            raise UnmaskError(f"{path} was written by a run with other settings or data; "
+                              "use another checkpoint directory or delete it to start over")
+        net.load_state_dict(payload["model"])
+        optimizer.load_state_dict(payload["optimizer"])
+        scaler.load_state_dict(payload["scaler"])
+        torch.set_rng_state(payload["torch_rng"])
+        if payload["cuda_rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(payload["cuda_rng"])
+        return {k: payload[k] for k in ("epoch", "history", "best_state", "best_auc", "best_epoch", "bad_epochs")}
+
+    def _adopt(self, net: nn.Module, history: list[dict], best_epoch: int | None,
+               val_auc: float | None) -> TorchFaceClassifier:
+        self.net_ = net.eval()
+        self.classes_ = np.array([0, 1])
+        self.history_ = history
+        self.best_epoch_ = best_epoch
+        self.val_auc_ = val_auc
+        return self
+
+    # ----- inference -----
+
+    @staticmethod
+    def _tensor(faces: np.ndarray, arch: Architecture, device: torch.device) -> torch.Tensor:
+        """uint8 NHWC batch -> float NCHW in channels-last memory (the NHWC bytes as they are)."""
+        x = torch.from_numpy(faces).to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
+        if arch.mean is not None:
+            x = (x - torch.tensor(arch.mean, device=device).view(1, 3, 1, 1)) \
+                / torch.tensor(arch.std, device=device).view(1, 3, 1, 1)
+        return x.contiguous(memory_format=torch.channels_last)
+
+    def _logits(self, net: nn.Module, arch: Architecture, faces: np.ndarray, device: torch.device) -> np.ndarray:
+        inputs = self._tensor(faces, arch, device)
+        amp_dtype = _amp_dtype(device)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            return (arch.logit_sign * net(inputs).float()).cpu().numpy()
+
+    def _inference_batch(self, device: torch.device) -> int:
+        # Measured on 2 CPU cores: beyond ~16 faces the activations fall out of cache and
+        # throughput drops; a GPU wants large batches.
+        return self.batch_size if device.type == "cuda" else min(self.batch_size, 16)
+
+    def decision_function(self, X: np.ndarray) -> np.ndarray:
+        """The logit of P(fake) per face, (N,) float32."""
+        check_is_fitted(self, "net_")
+        X = _check_faces(X)
+        arch = self._architecture()
+        device = next(self.net_.parameters()).device
+        batches = _Batches(X, np.zeros(len(X)), None, self._size(arch), False, 0.0, self.seed)
+        self.net_.eval()
+        out = []
+        with torch.inference_mode():
+            for faces in _prefetched(batches.inference, _chunks(np.arange(len(X)), self._inference_batch(device)),
+                                     self._workers(device)):
+                out.append(self._logits(self.net_, arch, faces, device))
+        return np.concatenate(out).astype(np.float32)
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        """(N, 2) float64: columns P(real), P(fake)."""
+        fake = 1.0 / (1.0 + np.exp(-self.decision_function(X).astype(np.float64)))
+        return np.column_stack([1.0 - fake, fake])
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """1 (fake) where P(fake) > 0.5, else 0."""
+        return (self.decision_function(X) > 0).astype(np.int64)
+
+    def gradcam(self, X: np.ndarray, layer: str | None = None) -> np.ndarray:
+        """Grad-CAM heatmaps of what raised the fake score: (N, H, W) float32 in [0, 1] at the
+        crops' own size, to lay over them.
+
+        ``layer``: a submodule name of ``net_`` (default: the architecture's last conv block).
+        Each map is scaled to its own maximum; a face where nothing pushed towards fake is all 0.
+        """
+        check_is_fitted(self, "net_")
+        X = _check_faces(X)
+        arch = self._architecture()
+        target = self.net_.get_submodule(layer or arch.cam_layer)
+        device = next(self.net_.parameters()).device
+        batches = _Batches(X, np.zeros(len(X)), None, self._size(arch), False, 0.0, self.seed)
+        captured: list[torch.Tensor] = []
+        hook = target.register_forward_hook(lambda module, inputs, output: captured.append(output))
+        self.net_.eval()
+        maps = []
+        try:
+            for indices in _chunks(np.arange(len(X)), self._inference_batch(device)):
+                captured.clear()
+                logits = arch.logit_sign * self.net_(self._tensor(batches.inference(indices), arch, device))
+                activation = captured[0]
+                gradient, = torch.autograd.grad(logits.sum(), activation)
+                cam = torch.relu((gradient.mean(dim=(2, 3), keepdim=True) * activation).sum(dim=1, keepdim=True))
+                cam = F.interpolate(cam, size=X.shape[1:3], mode="bilinear", align_corners=False).squeeze(1)
+                peak = cam.flatten(1).amax(dim=1).clamp_min(1e-12).view(-1, 1, 1)
+                maps.append((cam / peak).clamp_(0.0, 1.0).detach().cpu().numpy())
+        finally:
+            hook.remove()
+        return np.concatenate(maps).astype(np.float32)
+
+    # ----- weights -----
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """The network's state (parameters and batch-norm statistics) as contiguous CPU tensors,
+        ready for ``safetensors.torch.save_file``."""
+        check_is_fitted(self, "net_")
+        return _cpu_state(self.net_)
+
+    def load_weights(self, state: dict[str, torch.Tensor]) -> TorchFaceClassifier:
+        """Make this estimator the network in ``state`` (from ``weights()``), ready to predict
+        without ``fit``; ``arch`` and ``input_size`` must be those it was trained with."""
+        arch = self._architecture()
+        net = arch.build()
+        try:
+            net.load_state_dict(state)
+        except RuntimeError as error:
+            raise UnmaskError(f"these weights are not a {self.arch} network: {error}") from None
+        device = torch.device(resolve_device(self.device))
+        return self._adopt(net.to(device, memory_format=torch.channels_last), [], None, None)
+
+
+def _amp_dtype(device: torch.device) -> torch.dtype | None:
+    """Mixed precision on CUDA only (bf16 where the GPU has it); CPU autocast would cost accuracy for
+    little speed on these small convs."""
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def _cpu_state(net: nn.Module) -> dict[str, torch.Tensor]:
+    """Independent contiguous CPU copies: later training must not change a saved state."""
+    return {name: tensor.detach().to("cpu", copy=True).contiguous() for name, tensor in net.state_dict().items()}
+
+
+def _model_builder(arch: str) -> Callable[..., TorchFaceClassifier]:
+    def build(features: Any = None, random_state: int = 42, **params: Any) -> TorchFaceClassifier:
+        if features not in (None, "image"):
+            raise UnmaskError("CNN models take face images, not --features")
+        return TorchFaceClassifier(arch=arch, seed=random_state, **params)
+
+    build.__doc__ = f"TorchFaceClassifier(arch={arch!r}); ``params`` are its parameters."
+    return build
+
+
+for _name, _help in ARCHITECTURES.describe().items():
+    MODELS.register(_name, help=_help)(_model_builder(_name))

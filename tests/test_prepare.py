@@ -1,0 +1,130 @@
+import json
+
+import numpy as np
+import pytest
+
+from conftest import SHARED_DATA, make_ffpp_tree, needs_shared_data
+from unmask.cli import main
+from unmask.config import FaceDetection, FrameSampling, PrepareConfig, preset
+from unmask.datasets import Video, open_dataset
+from unmask.faces.crop import crop_face, keypoints_in_crop
+from unmask.prepare import make_detector, prepare_dataset, process_video
+from unmask.store import FaceStore
+
+CONFIG = PrepareConfig(faces=FaceDetection(size=64, min_face_size=40))
+
+
+@pytest.fixture(scope="module")
+def detector():
+    return make_detector(CONFIG)
+
+
+def test_seed_preset_is_the_study():
+    seed = preset("seed")
+    assert seed.frames.indices(None) == [0, 30, 60, 90, 120, 150, 180]
+    assert (seed.faces.min_confidence, seed.faces.margin, seed.faces.size) == (0.9, 0.0, 320)
+
+
+def test_one_video_gives_seven_faces_traced_to_frame_and_box(face_video, detector):
+    video = Video(path=face_video, label=0, key="astronaut.mp4", ids="a")
+    shard = process_video(video, CONFIG, detector)
+    assert shard.video["status"] == "ok" and shard.video["frames_read"] == 7
+    assert [r["frame"] for r in shard.rows] == [0, 30, 60, 90, 120, 150, 180]
+    assert shard.faces.shape == (7, 64, 64, 3) and shard.faces.dtype == np.uint8
+    from unmask.video import read_frames
+    _, frames = read_frames(face_video, [60])
+    row = shard.rows[2]
+    assert row["confidence"] > 0.9 and row["n_detections"] >= 1
+    # the stored crop is exactly the crop of the recorded box in that frame
+    box = (row["x1"], row["y1"], row["x2"], row["y2"])
+    assert np.array_equal(shard.faces[2], crop_face(frames[0][1], box, 0.0, 64))
+    # keypoints map into the crop: eyes above the mouth, inside the crop
+    from unmask.store import KEYPOINT_COLUMNS
+    points = np.array([row[c] for c in KEYPOINT_COLUMNS]).reshape(5, 2)
+    in_crop = keypoints_in_crop(points, box, frames[0][1].shape, 0.0, 64)
+    assert (in_crop > 0).all() and (in_crop < 64).all() and in_crop[0, 1] < in_crop[3, 1]
+    # the face drifts right over time: boxes follow it
+    assert shard.rows[-1]["x1"] > shard.rows[0]["x1"] + 20
+
+
+def test_faceless_and_broken_videos_are_recorded_with_reasons(faceless_video, broken_files, detector):
+    record = process_video(Video(path=faceless_video, label=1, key="g"), CONFIG, detector).video
+    assert record["status"] == "no-face" and "no face with confidence over 0.9" in record["reason"]
+    record = process_video(Video(path=broken_files["text"], label=1, key="t"), CONFIG, detector).video
+    assert record["status"] == "error" and "not a readable video" in record["reason"]
+
+
+def test_prepare_dataset_resumes_without_duplicates(tmp_path, ffpp_tree):
+    scan = open_dataset(ffpp_tree)
+    out = tmp_path / "faces"
+    partial = type(scan)(root=scan.root, layout=scan.layout, videos=scan.videos[:3])
+    first = prepare_dataset(partial, out, CONFIG)
+    assert first.processed == 3
+    seen = []
+    second = prepare_dataset(scan, out, CONFIG, on_video=seen.append)
+    assert second.processed == 5 and second.already_done == 3 and len(seen) == 5
+    store = FaceStore(out)
+    assert len(store.videos) == 8 and store.videos["video"].is_unique
+    assert not store.table.duplicated(["video", "frame"]).any()
+    capture = second.capture()
+    assert capture["real"]["capture_rate"] == 1.0
+    assert capture["fake"]["capture_rate"] == pytest.approx(0.5)  # the faceless "fakes" give none
+    assert set(store.table["split"]) == {"train", "test"}
+    assert store.table.loc[store.table["ids"] == "003_004", "split"].eq("test").all()
+    keypoints = store.keypoints()
+    assert keypoints.shape == (len(store), 5, 2) and (keypoints > 0).all() and (keypoints < 64).all()
+
+
+def test_parallel_workers_write_the_same_store(tmp_path, ffpp_tree):
+    scan = open_dataset(ffpp_tree)
+    one = FaceStore(prepare_dataset(scan, tmp_path / "one", CONFIG, workers=1) and tmp_path / "one")
+    two = FaceStore(prepare_dataset(scan, tmp_path / "two", CONFIG, workers=2) and tmp_path / "two")
+    columns = ["video", "frame", "x1", "y1", "confidence"]
+    assert one.table[columns].round(3).equals(two.table[columns].round(3))
+    assert np.abs(one.faces.astype(int) - two.faces.astype(int)).max() <= 2
+
+
+def test_cli_prepare_summary_json_sheet_and_exit_codes(tmp_path, capsys):
+    root = make_ffpp_tree(tmp_path / "ff", ids=("001", "002"))
+    (root / "original_sequences/youtube/c23/videos/009.mp4").write_text("not a video")
+    out = tmp_path / "faces"
+    code = main(["prepare", str(root), "--out", str(out), "--size", "48", "--workers", "1", "--json"])
+    summary = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert summary["videos"] == 5 and summary["status_counts"] == {"ok": 3, "no-face": 1, "error": 1}
+    assert summary["per_class"]["real"] == {"videos": 3, "frames": 4, "faces": 4, "capture_rate": 1.0}
+    assert [s["video"] for s in summary["skipped"] if s["status"] == "error"] == [
+        "original_sequences/youtube/c23/videos/009.mp4"]
+    assert (out / "contact_sheet.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert FaceStore(out).faces.shape[1:] == (48, 48, 3)
+    # text summary on a re-run: nothing new to do, still exit 0
+    assert main(["prepare", str(root), "--out", str(out), "--size", "48", "--workers", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "0 processed now, 5 already done" in text and "capture rate 100.00%" in text
+
+
+def test_cli_bad_input_gives_one_line_and_nonzero_exit(tmp_path, capsys):
+    assert main(["prepare", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "dataset not found" in err
+    root = make_ffpp_tree(tmp_path / "ff", ids=("001", "002"))
+    assert main(["prepare", str(root), "--out", str(tmp_path / "o"), "--methods", "DeepFake"]) == 2
+    assert "unknown method 'DeepFake'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["prepare", str(root), "--out", str(tmp_path / "o"), "--frames", "0"])
+    assert exit_info.value.code == 2
+
+
+def test_nothing_processable_exits_one(tmp_path, capsys):
+    (tmp_path / "d" / "real").mkdir(parents=True)
+    (tmp_path / "d" / "real" / "x.mp4").write_bytes(b"")
+    assert main(["prepare", str(tmp_path / "d"), "--out", str(tmp_path / "o"), "--workers", "1"]) == 1
+    assert "empty file" in capsys.readouterr().out
+
+
+@needs_shared_data("ffpp-sample")
+def test_real_ffpp_video_faces(tmp_path):
+    path = SHARED_DATA / "ffpp-sample/original_sequences/youtube/c23/videos/183.mp4"
+    config = PrepareConfig(frames=FrameSampling(max_frames=2), faces=FaceDetection(size=320))
+    shard = process_video(Video(path=path, label=0, key="183"), config, make_detector(config))
+    assert shard.video["faces"] == 2 and shard.faces.shape == (2, 320, 320, 3)

@@ -1,0 +1,70 @@
+import json
+
+import numpy as np
+import pytest
+
+from unmask.errors import UnmaskError
+from unmask.store import FaceStore, Shard, StoreWriter, atomic_path, commit, shard_id
+
+
+def shard(key, n, label=0, size=8):
+    faces = np.full((n, size, size, 3), len(key) + n, np.uint8)
+    faces[:, 0, 0, 0] = np.arange(n)
+    rows = [{"video": key, "label": label, "frame": 30 * i, "confidence": 0.99} for i in range(n)]
+    video = {"video": key, "label": label, "status": "ok" if n else "no-face", "faces": n, "frames_read": 7}
+    return Shard(video, rows, faces)
+
+
+def test_commit_orders_by_video_and_rows_index_faces(tmp_path):
+    writer = StoreWriter(tmp_path / "s", {"faces": {"size": 8}})
+    for key, n in (("b.mp4", 2), ("a.mp4", 3), ("c.mp4", 0)):
+        writer.write(shard(key, n))
+    store = writer.commit()
+    assert len(store) == 5 and store.faces.dtype == np.uint8 and store.faces.shape == (5, 8, 8, 3)
+    assert isinstance(store.faces, np.memmap)
+    assert store.table["video"].tolist() == ["a.mp4"] * 3 + ["b.mp4"] * 2
+    for row in store.table.itertuples():
+        expected = shard(row.video, 3 if row.video == "a.mp4" else 2).faces[row.frame // 30]
+        assert np.array_equal(store.faces[row.row], expected)
+    assert store.videos["status"].tolist() == ["ok", "ok", "no-face"]
+    assert writer.done() == {"a.mp4", "b.mp4", "c.mp4"}
+
+
+def test_half_written_shard_is_not_done_and_commit_ignores_it(tmp_path):
+    writer = StoreWriter(tmp_path / "s", {"faces": {"size": 8}})
+    writer.write(shard("a.mp4", 1))
+    # a worker killed after saving faces but before the record: only the .npy exists
+    np.save(writer.shards / f"{shard_id('z.mp4')}.npy", np.zeros((1, 8, 8, 3), np.uint8))
+    assert writer.done() == {"a.mp4"}
+    assert commit(tmp_path / "s").table["video"].tolist() == ["a.mp4"]
+
+
+def test_atomic_path_leaves_nothing_when_the_write_fails(tmp_path):
+    target = tmp_path / "x.json"
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("killed")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_settings_mismatch_and_foreign_folder_are_refused(tmp_path):
+    StoreWriter(tmp_path / "s", {"faces": {"size": 8}})
+    with pytest.raises(UnmaskError, match="other settings"):
+        StoreWriter(tmp_path / "s", {"faces": {"size": 16}})
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "thesis.pdf").write_text("x")
+    with pytest.raises(UnmaskError, match="not a face store"):
+        StoreWriter(tmp_path / "other", {})
+
+
+def test_unfinished_store_says_how_to_finish(tmp_path):
+    StoreWriter(tmp_path / "s", {"faces": {"size": 8}})
+    with pytest.raises(UnmaskError, match="run `unmask prepare` again"):
+        FaceStore(tmp_path / "s")
+
+
+def test_shard_ids_are_file_safe_and_distinct():
+    a, b = shard_id("x/y z?.mp4"), shard_id("x/y_z?.mp4")
+    assert a != b and all(c.isalnum() or c in "-_" for c in a)
+    assert json.dumps(a)

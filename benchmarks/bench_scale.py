@@ -2,6 +2,10 @@
 
 Speed: the same videos with a local Dask cluster of 1 and of 2 workers, and through a
 `dask scheduler` + `dask worker` started here as separate processes; videos/s and speed-up.
+The three clusters run side by side and take the videos in turns, a chunk each, so that a
+load that changes during the benchmark (a shared machine) weighs on all three alike; the
+time counted is processing (first task sent to last record back), after a warm-up chunk
+in which each worker loads MTCNN.
 Memory: the peak RSS of the client process (a process of its own, talking to that
 scheduler) at 100 and at 400 videos, during the run and after it commits the store.
 
@@ -22,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 from itertools import cycle, islice
 from pathlib import Path
@@ -97,16 +101,19 @@ def dask_processes(workers: int, folder: Path):
             process.wait()
 
 
-def timed(dataset: Path, out: Path, config, **cluster) -> dict:
-    scan = open_dataset(dataset)
-    began = time.perf_counter()
-    with cluster_client(**cluster) as client:
-        ready = time.perf_counter()
-        summary = prepare_dataset(scan, out, config, runner=dask_runner(client, config))
-    assert summary.processed == len(scan.videos), "every video must be processed"
-    return {"videos": summary.processed, "startup_s": ready - began, "wall_s": summary.wall_s,
-            "videos_per_s": summary.processed / summary.wall_s,
-            "ok": int((summary.videos["status"] == "ok").sum())}
+def race(engines: dict, videos: list, config, chunk: int, folder: Path) -> dict:
+    """Seconds each client's cluster spends processing ``videos``, chunk by chunk, in turns."""
+    seconds = dict.fromkeys(engines, 0.0)
+    for number, begin in enumerate(range(0, len(videos), chunk)):
+        names = list(engines)
+        for name in names[number % len(names):] + names[:number % len(names)]:
+            shards = folder / name.replace(" ", "-")
+            shards.mkdir(parents=True, exist_ok=True)
+            began = time.perf_counter()
+            for record in dask_runner(engines[name], config)(videos[begin:begin + chunk], shards):
+                assert record["status"] != "error", record["reason"]
+            seconds[name] += time.perf_counter() - began
+    return seconds
 
 
 def peak_rss_mb() -> float:
@@ -143,6 +150,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--videos", type=int, default=62, help="videos for the speed runs (sample: 62 c23)")
     parser.add_argument("--frames", type=int, default=7, help="frames per video for the speed runs (seed: 7)")
+    parser.add_argument("--chunk", type=int, default=8, help="videos per turn in the speed runs")
     parser.add_argument("--size", type=int, default=320, help="crop side (seed: 320)")
     parser.add_argument("--memory-videos", default="100,400", help="video counts for the client memory runs")
     parser.add_argument("--memory-frames", type=int, default=1,
@@ -161,32 +169,42 @@ def main() -> int:
     config = config_for(args.frames, args.size)
     print(f"settings: seed preset, {args.frames} frames (1 in {config.frames.step}), crop {args.size}, "
           f"MTCNN confidence > {config.faces.min_confidence}")
-    with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp, ExitStack() as stack:
         tmp = Path(tmp)
-        dataset = replicate(args.videos, tmp / "speed")
-        rows = []
-        for name, workers, cluster in (("Dask LocalCluster", 1, {"workers": 1}),
-                                       ("Dask LocalCluster", 2, {"workers": 2})):
-            print(f"running {name}, {workers} worker(s)...", file=sys.stderr, flush=True)
-            rows.append((name, workers, timed(dataset, tmp / f"local-{workers}", config, **cluster)))
-        print("running dask scheduler + dask worker processes, 2 workers...", file=sys.stderr, flush=True)
-        began = time.perf_counter()
-        with dask_processes(2, tmp / "dask") as address:
-            result = timed(dataset, tmp / "processes", config, scheduler=address)
-            result["startup_s"] = time.perf_counter() - began - result["wall_s"]  # processes, then connect
-            rows.append(("`dask scheduler` + `dask worker` processes", 2, result))
-            memory = []
-            for count in (int(x) for x in args.memory_videos.split(",")):
-                print(f"client memory over {count} videos...", file=sys.stderr, flush=True)
-                memory.append(client_memory(address, replicate(count, tmp / f"memory-{count}"),
-                                            tmp / f"memory-out-{count}", args.memory_frames, args.size))
-    base = rows[0][2]["videos_per_s"]
+        videos = open_dataset(replicate(args.videos, tmp / "speed")).videos
+        warm_up = [replace(v, key=f"warm-up/{v.key}") for v in videos[:4]]
+        engines, startup = {}, {}
+        for name, cluster in (("Dask LocalCluster, 1 worker", {"workers": 1}),
+                              ("Dask LocalCluster, 2 workers", {"workers": 2}),
+                              ("`dask scheduler` + 2 `dask worker` processes", None)):
+            print(f"starting {name}...", file=sys.stderr, flush=True)
+            began = time.perf_counter()
+            if cluster is None:
+                address = stack.enter_context(dask_processes(2, tmp / "dask"))
+                cluster = {"scheduler": address}
+            engines[name] = stack.enter_context(cluster_client(**cluster))
+            engines[name].wait_for_workers(cluster.get("workers", 2), timeout=120)
+            startup[name] = time.perf_counter() - began
+        print(f"warm-up, then {len(videos)} videos on each, {args.chunk} at a time...", file=sys.stderr, flush=True)
+        race(engines, warm_up, config, len(warm_up), tmp / "warm-up")
+        seconds = race(engines, videos, config, args.chunk, tmp / "race")
+        load_after = os.getloadavg()
+        memory = []
+        for count in (int(x) for x in args.memory_videos.split(",")):
+            print(f"client memory over {count} videos...", file=sys.stderr, flush=True)
+            memory.append(client_memory(address, replicate(count, tmp / f"memory-{count}"),
+                                        tmp / f"memory-out-{count}", args.memory_frames, args.size))
+    base = len(videos) / seconds["Dask LocalCluster, 1 worker"]
+    print(f"load average after the speed runs: {', '.join(f'{x:.1f}' for x in load_after)}")
+    if max(load_after) > (os.cpu_count() or 1):
+        print("warning: other programs kept this machine busy (load average over its core count); "
+              "the speed figures below measure a shared machine, not its capacity")
     print()
-    print("| engine | workers | videos | cluster start (s) | wall (s) | videos/s | speed-up vs 1 worker |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    for name, workers, r in rows:
-        print(f"| {name} | {workers} | {r['videos']} | {r['startup_s']:.1f} | {r['wall_s']:.1f} | "
-              f"{r['videos_per_s']:.2f} | {r['videos_per_s'] / base:.2f}x |")
+    print("| engine | cluster start (s) | videos | processing (s) | videos/s | speed-up vs 1 worker |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, spent in seconds.items():
+        rate = len(videos) / spent
+        print(f"| {name} | {startup[name]:.1f} | {len(videos)} | {spent:.1f} | {rate:.2f} | {rate / base:.2f}x |")
     print()
     print(f"client peak RSS (own process, `dask scheduler` + 2 `dask worker` processes; "
           f"{args.memory_frames} frame(s) per video, crop {args.size}):")

@@ -193,7 +193,7 @@ def _card(estimator, store, options, fit_rows, test_rows, calibration, threshold
         "calibration": calibration,
         "aggregate": options.aggregate,
         "training": {
-            "store": str(store.root), "split": options.split, "seed": options.seed,
+            "store": store.root.name, "split": options.split, "seed": options.seed,
             "leak_warning": LEAKY_SPLITS.get(options.split),
             "data": data_summary(store.table.iloc[fit_rows]),
             "test_data": data_summary(store.table.iloc[test_rows]) if test_rows.size else None,

@@ -9,6 +9,7 @@ FF++ videos have long keyframe intervals, so 7 frames at a step of 30 decode str
 from __future__ import annotations
 
 import bisect
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,10 +115,13 @@ def _first_frame(container, stream, path: Path) -> av.VideoFrame:
     raise VideoError(f"{path}: no video frames could be decoded")
 
 
-def read_frames(path: Path, indices: list[int], threads: int = 0) -> tuple[VideoInfo, list[tuple[int, np.ndarray]]]:
+def read_frames(path: Path, indices: list[int] | Callable[[int], list[int]],
+                threads: int = 0) -> tuple[VideoInfo, list[tuple[int, np.ndarray]]]:
     """Decode the frames at ``indices`` (presentation order) as RGB uint8, upright.
 
-    Indices past the end are dropped; a truncated file yields the frames it still has.
+    ``indices`` may be a function of the frame count (e.g. evenly spread frames), so the
+    file is demuxed once. Indices past the end are dropped; a truncated file yields the
+    frames it still has.
     ``threads`` = 0 lets FFmpeg choose. Returns the video's info and (index, image) pairs.
     """
     container = _open(path)
@@ -128,6 +132,8 @@ def read_frames(path: Path, indices: list[int], threads: int = 0) -> tuple[Video
         index = _index(container, stream)
         if not index.pts:
             raise VideoError(f"{path}: no video frames could be read (corrupt or truncated)")
+        if callable(indices):
+            indices = indices(len(index.pts))
         wanted = sorted({i for i in indices if 0 <= i < len(index.pts)})
         fps = float(stream.average_rate or stream.guessed_rate or 0)
         frames = _decode_wanted(container, stream, index, wanted, path)

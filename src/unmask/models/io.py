@@ -118,7 +118,7 @@ def _load_torch(path: Path, card: dict):
 
     from unmask.models import create_model
 
-    estimator = create_model(card["estimator"]["name"], **card["estimator"]["params"])
+    estimator = create_model(card["estimator"]["name"]).set_params(**card["estimator"]["params"])
     estimator.load_weights(load_file(str(path / card["file"])))
     return estimator
 

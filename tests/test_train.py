@@ -1,0 +1,145 @@
+"""train / evaluate / tune end to end on a small generated face store."""
+import json
+
+import numpy as np
+import pytest
+
+from unmask.cli import main
+from unmask.models.io import load_model
+from unmask.store import KEYPOINT_COLUMNS, Shard, StoreWriter
+
+SIZE = 32
+
+
+def easy_store(root, n_pairs=10, faces_per_video=4, seed=0, size=SIZE, split_of=None):
+    """Originals are smooth noise; each fake carries a bright blended square: learnable by pixels."""
+    rng = np.random.default_rng(seed)
+    writer = StoreWriter(root, {"faces": {"size": size, "margin": 0.0, "min_confidence": 0.9},
+                                "frames": {"step": 30, "max_frames": faces_per_video}})
+    split_of = split_of or (lambda pair: ("train", "train", "train", "val", "test")[pair % 5])
+    for pair in range(n_pairs):
+        a, b = f"{2 * pair:03d}", f"{2 * pair + 1:03d}"
+        for ids, label in ((a, 0), (b, 0), (f"{a}_{b}", 1), (f"{b}_{a}", 1)):
+            faces = rng.integers(60, 140, (faces_per_video, size, size, 3)).astype(np.uint8)
+            if label:
+                faces[:, 8:20, 10:22] = np.clip(faces[:, 8:20, 10:22].astype(int) + 90, 0, 255)
+            key = f"{'fake' if label else 'real'}/{ids}.mp4"
+            base = {"video": key, "label": label, "method": "Deepfakes" if label else "original",
+                    "compression": "c23", "ids": ids, "split": split_of(pair)}
+            rows = [{**base, "source": "", "frame": 30 * i, "x1": 0, "y1": 0, "x2": size, "y2": size,
+                     "crop_x1": 0, "crop_y1": 0, "crop_x2": size, "crop_y2": size, "confidence": 0.99,
+                     **dict(zip(KEYPOINT_COLUMNS, [10, 12, 22, 12, 16, 18, 11, 24, 21, 24])),
+                     "n_detections": 1, "path": key} for i in range(faces_per_video)]
+            writer.write(Shard({**base, "path": key, "status": "ok", "reason": "", "faces": faces_per_video,
+                                "frames_read": faces_per_video}, rows, faces))
+    return writer.commit()
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return easy_store(tmp_path_factory.mktemp("train") / "faces")
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_train_videos_split_reports_and_saves_without_pickle(store, tmp_path, capsys):
+    code, out, _ = run(capsys, "train", store.root, "--model", "rf", "--features", "pixels-small",
+                       "--split", "videos", "--out", tmp_path / "m", "--report", tmp_path / "r", "--json")
+    assert code == 0
+    result = json.loads(out)
+    assert result["metrics"]["frame"]["roc_auc"] > 0.95 and result["metrics"]["video"]["roc_auc"] > 0.95
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["card.json", "model.skops"]
+    card = json.loads((tmp_path / "m" / "card.json").read_text())
+    assert card["training"]["data"]["per_class"] == {"real": card["training"]["data"]["faces"] // 2,
+                                                      "fake": card["training"]["data"]["faces"] // 2}
+    assert card["input"]["size"] == SIZE and card["kind"] == "sklearn" and card["versions"]["scikit-learn"]
+    assert card["training"]["leak_warning"] is None
+    report = (tmp_path / "r" / "report.md").read_text()
+    assert "WARNING" not in report
+    for name in ("metrics.json", "report.md"):
+        assert (tmp_path / "r" / name).exists()
+    assert any(p.suffix == ".png" for p in (tmp_path / "r").iterdir())
+    # the saved model scores the same as it did at training time
+    model = load_model(tmp_path / "m")
+    assert model.fake_probability(store.faces[:8]).shape == (8,)
+
+
+def test_frame_split_is_labelled_as_leaking(store, tmp_path, capsys):
+    code, out, _ = run(capsys, "train", store.root, "--model", "logreg", "--features", "pixels-small",
+                       "--split", "frames", "--out", tmp_path / "m", "--report", tmp_path / "r")
+    assert code == 0 and "WARNING: frame split" in out
+    assert "WARNING: leaky split" in (tmp_path / "r" / "report.md").read_text()
+
+
+def test_cross_validation_and_calibration(store, tmp_path, capsys):
+    code, out, err = run(capsys, "train", store.root, "--model", "hgb", "--features", "pixels-small",
+                         "--param", "max_iter=30", "--split", "cv", "--folds", "3", "--calibrate", "isotonic",
+                         "--out", tmp_path / "m", "--report", tmp_path / "r")
+    assert code == 0 and err.count("fold ") == 3
+    card = json.loads((tmp_path / "m" / "card.json").read_text())
+    cv = card["cross_validation"]
+    assert len(cv["folds"]) == 3 and cv["summary"]["video_roc_auc"]["mean"] > 0.9
+    groups = [set(f["metrics"]["frame"]["n"] for f in cv["folds"])]
+    assert groups and card["calibration"]["method"] == "isotonic"
+    assert 0 < card["threshold"] < 1
+    assert "cross_validation" in json.loads((tmp_path / "r" / "metrics.json").read_text())["context"]
+
+
+def test_evaluate_on_faces_from_another_folder(store, tmp_path, capsys):
+    assert run(capsys, "train", store.root, "--model", "rf", "--features", "pixels-small", "--split", "official",
+               "--out", tmp_path / "m")[0] == 0
+    unseen = easy_store(tmp_path / "other", n_pairs=4, seed=7, split_of=lambda pair: "test")
+    code, out, _ = run(capsys, "evaluate", tmp_path / "m", unseen.root, "--split", "test",
+                       "--report", tmp_path / "r", "--json")
+    assert code == 0
+    result = json.loads(out)
+    assert result["faces"] == len(unseen) and result["metrics"]["video"]["roc_auc"] > 0.95
+    assert result["metrics"]["video"]["n"] == 16
+    assert (tmp_path / "r" / "report.md").exists()
+
+
+def test_incompatible_inputs_fail_with_one_line(store, tmp_path, capsys):
+    assert run(capsys, "train", store.root, "--model", "rf", "--features", "pixels", "--split", "none",
+               "--out", tmp_path / "m")[0] == 0
+    bigger = easy_store(tmp_path / "big", n_pairs=1, size=48)
+    code, _, err = run(capsys, "evaluate", tmp_path / "m", bigger.root)
+    assert code == 2 and "trained on 32px crops" in err and err.count("\n") == 1
+    code, _, err = run(capsys, "evaluate", tmp_path / "nowhere", store.root)
+    assert code == 2 and "not a model folder" in err
+    card = json.loads((tmp_path / "m" / "card.json").read_text())
+    card["format_version"] = 99
+    (tmp_path / "m" / "card.json").write_text(json.dumps(card))
+    code, _, err = run(capsys, "evaluate", tmp_path / "m", store.root)
+    assert code == 2 and "retrain it" in err
+    code, _, err = run(capsys, "train", store.root, "--model", "forest", "--out", tmp_path / "x")
+    assert code == 2 and "unknown model 'forest'" in err
+    code, _, err = run(capsys, "train", store.root, "--split", "frames", "--param", "oops", "--out", tmp_path / "x")
+    assert code == 2 and "NAME=VALUE" in err
+
+
+def test_tune_ranks_by_grouped_cv(store, capsys):
+    code, out, err = run(capsys, "tune", store.root, "--model", "rf", "--features", "pixels-small", "--folds", "3",
+                         "--grid", "n_estimators=5,40", "--grid", "max_depth=1,8", "--json")
+    assert code == 0 and err.count("video AUC") == 4
+    result = json.loads(out)
+    assert len(result["trials"]) == 4
+    scores = [t["summary"]["video_roc_auc"]["mean"] for t in result["trials"]]
+    assert scores == sorted(scores, reverse=True) and result["best"] == result["trials"][0]
+
+
+def test_cnn_trains_saves_as_safetensors_and_reloads(store, tmp_path, capsys):
+    code, out, _ = run(capsys, "train", store.root, "--model", "resnet-small", "--param", "epochs=2",
+                       "--param", "input_size=32", "--param", "batch_size=16", "--split", "videos",
+                       "--out", tmp_path / "m", "--json")
+    assert code == 0
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["card.json", "model.safetensors"]
+    model = load_model(tmp_path / "m")
+    card = json.loads((tmp_path / "m" / "card.json").read_text())
+    assert card["kind"] == "torch" and card["estimator"]["params"]["epochs"] == 2
+    first = model.fake_probability(store.faces[:6])
+    again = load_model(tmp_path / "m").fake_probability(store.faces[:6])
+    assert np.allclose(first, again) and ((first >= 0) & (first <= 1)).all()

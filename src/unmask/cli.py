@@ -152,6 +152,59 @@ def _print_prepare_summary(summary, out: Path, sheet: Path | None) -> None:
         print(f"contact sheet: {sheet}")
 
 
+# --------------------------------------------------------------------------- synth
+@command("synth")
+def _synth_command(parser: argparse.ArgumentParser):
+    """Make a labelled training set from real faces only: self-blended and face-swapped fakes."""
+    parser.add_argument("source", type=Path, help="a folder of real videos and/or photos, or a face store")
+    parser.add_argument("--out", type=Path, required=True, help="face store to write (real faces + fakes)")
+    parser.add_argument("--kinds", type=_csv_list, default=["sbi", "swap"],
+                        help="sbi (self-blended, Shiohara & Yamasaki 2022), swap (FaceSwap-like); default: both")
+    parser.add_argument("--per-face", type=_positive_int, default=1, help="fakes made from each real face (default: 1)")
+    parser.add_argument("--margin", type=float, default=0.0, help="crop margin when faces are extracted (default: 0)")
+    parser.add_argument("--size", type=_positive_int, default=320, help="crop size (default: 320)")
+    parser.add_argument("--frames", type=_positive_int, default=7, help="frames per video (default: 7)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument("--workers", type=_positive_int, default=None, help="parallel processes for face extraction")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    return _run_synth
+
+
+def _run_synth(args: argparse.Namespace) -> int:
+    import os
+
+    from unmask.config import FaceDetection, FrameSampling, PrepareConfig
+    from unmask.datasets import DatasetScan
+    from unmask.prepare import prepare_dataset
+    from unmask.store import FaceStore
+    from unmask.synth import KINDS, real_sources, synthesize_store
+    from unmask.visualize import contact_sheet
+
+    for kind in args.kinds:
+        if kind not in KINDS:
+            raise UnmaskError(f"unknown kind {kind!r}; choose from: {', '.join(KINDS)}")
+    if (args.source / "faces.csv").is_file():
+        real = FaceStore(args.source)
+    else:
+        config = PrepareConfig(frames=FrameSampling(max_frames=args.frames),
+                               faces=FaceDetection(margin=args.margin, size=args.size))
+        scan = DatasetScan(root=args.source, layout="real", videos=real_sources(args.source))
+        prepare_dataset(scan, args.out / "real", config, workers=args.workers or os.cpu_count() or 1)
+        real = FaceStore(args.out / "real")
+    if len(real) == 0:
+        raise UnmaskError(f"no faces found in {args.source}")
+    store = synthesize_store(real, args.out / "train", args.kinds, args.per_face, args.seed)
+    sheet = contact_sheet(store, args.out / "train" / "contact_sheet.png")
+    counts = store.table.groupby("method").size().to_dict()
+    if args.json:
+        _print_json({"store": str(store.root), "faces": len(store), "per_method": counts, "contact_sheet": str(sheet)})
+    else:
+        print(f"training store: {store.root} ({len(store)} faces: "
+              + ", ".join(f"{n} {m}" for m, n in counts.items()) + ")")
+        print(f"contact sheet: {sheet}")
+    return EXIT_OK
+
+
 # --------------------------------------------------------------------------- train / evaluate / tune
 def _param_value(text: str):
     """Parse a --param value: JSON when it parses (numbers, booleans, lists), else the string."""
@@ -340,6 +393,173 @@ def _run_models(args: argparse.Namespace) -> int:
     print("features (classical models):")
     for name, text in FEATURES.describe().items():
         print(f"  {name:16s} {text}")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- check / serve / sample
+def _probability(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+@command("check")
+def _check_command(parser: argparse.ArgumentParser):
+    """Check videos for deepfaked faces: a verdict per video (FAKE, REAL or NO FACE FOUND) with its probability."""
+    from unmask.check import CheckSettings
+
+    defaults = CheckSettings()
+    parser.add_argument("paths", nargs="+", type=Path, metavar="VIDEO",
+                        help="video files or folders (searched recursively for video files)")
+    parser.add_argument("--model", type=Path, help="model folder (default: the model shipped with unmask)")
+    parser.add_argument("--frames", type=_positive_int, default=defaults.frames,
+                        help=f"frames looked at, spread evenly over the video (default: {defaults.frames})")
+    parser.add_argument("--aggregate", help="face scores -> track score: mean, median, max, trimmed-mean "
+                                            "(default: the model card's)")
+    parser.add_argument("--min-confidence", type=_probability, default=defaults.min_confidence,
+                        help=f"ignore faces the detector is less sure of (default: {defaults.min_confidence})")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    parser.add_argument("--json", action="store_true", help="print one JSON record per video (JSON Lines)")
+    reports = parser.add_mutually_exclusive_group()
+    reports.add_argument("--report", type=Path, metavar="FILE.html", help="write an HTML report (one video)")
+    reports.add_argument("--report-dir", type=Path, metavar="DIR", help="write one HTML report per video here")
+    return _run_check
+
+
+def _run_check(args: argparse.Namespace) -> int:
+    from unmask.check import ERROR, Checker, CheckSettings
+    from unmask.datasets import find_videos
+    from unmask.report import write_report
+
+    videos = []
+    for path in args.paths:
+        found = find_videos(path)
+        if not found:
+            raise UnmaskError(f"no video files under {path}")
+        videos += found
+    if args.report and len(videos) > 1:
+        raise UnmaskError(f"--report writes the report of one video, and {len(videos)} were given; "
+                          "use --report-dir DIR for one report per video")
+    settings = CheckSettings(frames=args.frames, min_confidence=args.min_confidence, aggregate=args.aggregate,
+                             device=args.device)
+    checker = Checker(args.model, settings)
+    names: set[str] = set()
+    errors = 0
+    verdicts: dict[str, int] = {}
+    for video in videos:
+        result = checker.check(video)
+        verdicts[result.verdict] = verdicts.get(result.verdict, 0) + 1
+        errors += result.verdict == ERROR
+        target = args.report or (args.report_dir / _report_name(video, names) if args.report_dir else None)
+        report = write_report(target, result, checker) if target and result.verdict != ERROR else None
+        if args.json:
+            print(json.dumps(result.to_json() | ({"report": str(report)} if report else {})), flush=True)
+        else:
+            print(_verdict_line(result, settings), flush=True)
+            if report:
+                print(f"  report: {report}", flush=True)
+    if not args.json and len(videos) > 1:
+        print(f"{len(videos)} videos: " + ", ".join(f"{n} {v}" for v, n in sorted(verdicts.items())))
+    return EXIT_NOTHING_DONE if errors else EXIT_OK
+
+
+def _report_name(video: Path, taken: set[str]) -> str:
+    """``<stem>.html``, numbered when two videos share a stem."""
+    name, number = f"{video.stem}.html", 1
+    while name in taken:
+        number += 1
+        name = f"{video.stem}-{number}.html"
+    taken.add(name)
+    return name
+
+
+def _verdict_line(result, settings) -> str:
+    """suspicious.mp4: FAKE (fake probability 0.91, very sure) - 16 frames, 1 face track, 0.8 s"""
+    from unmask.check import ERROR, NO_FACE
+
+    if result.verdict == ERROR:
+        return f"{result.path}: ERROR - {result.error}"
+    if result.verdict == NO_FACE:
+        return (f"{result.path}: NO FACE FOUND - {result.frames_sampled} frames, none with a face the detector "
+                f"is over {settings.min_confidence:g} sure of, {result.elapsed_s:.1f} s")
+    tracks = len(result.tracks)
+    return (f"{result.path}: {result.verdict} (fake probability {result.fake_probability:.2f}, {result.certainty})"
+            f" - {result.frames_sampled} frames, {tracks} face track{'s' if tracks != 1 else ''}, "
+            f"{result.elapsed_s:.1f} s")
+
+
+@command("serve")
+def _serve_command(parser: argparse.ArgumentParser):
+    """Serve the web page and HTTP API: upload a video, get its verdict and report."""
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default: 127.0.0.1, this machine only)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0: any free port)")
+    parser.add_argument("--model", type=Path, help="model folder (default: the model shipped with unmask)")
+    parser.add_argument("--max-upload-mb", type=_positive_float, default=200,
+                        help="largest video accepted, in MB (default: 200)")
+    parser.add_argument("--workers", type=_positive_int, default=2,
+                        help="videos checked at the same time; more wait their turn (default: 2)")
+    parser.add_argument("--upload-dir", type=Path,
+                        help="where uploads wait while checked (default: the system's temporary folder)")
+    return _run_serve
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    import socket
+
+    import uvicorn
+
+    from unmask.web.app import create_app
+
+    app = create_app(args.model, max_upload_mb=args.max_upload_mb, workers=args.workers, upload_dir=args.upload_dir)
+    family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((args.host, args.port))
+    except OSError as err:
+        listener.close()
+        raise UnmaskError(f"cannot listen on {args.host}:{args.port}: {err.strerror or err}") from None
+    host, port = listener.getsockname()[:2]
+    if host not in ("127.0.0.1", "::1"):
+        print(f"warning: listening on {host}: anyone who can reach this machine can upload videos", file=sys.stderr)
+    shown = f"[{host}]" if family == socket.AF_INET6 else host
+    print(f"unmask: serving on http://{shown}:{port} (API docs at /docs); Ctrl+C stops", flush=True)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="info", timeout_graceful_shutdown=5))
+    server.run(sockets=[listener])
+    return EXIT_OK
+
+
+@command("sample")
+def _sample_command(parser: argparse.ArgumentParser):
+    """Write a demo video made from a public-domain portrait, to try `unmask check` on."""
+    parser.add_argument("path", nargs="?", type=Path, default=Path("sample.mp4"),
+                        help="video file to write (default: sample.mp4)")
+    parser.add_argument("--seconds", type=_positive_float, default=8.0, help="length (default: 8)")
+    return _run_sample
+
+
+def _run_sample(args: argparse.Namespace) -> int:
+    from unmask.datasets import VIDEO_SUFFIXES
+    from unmask.sample import make_sample_video
+
+    if args.path.suffix.lower() not in VIDEO_SUFFIXES:
+        raise UnmaskError(f"{args.path}: give the video a video file name ({', '.join(VIDEO_SUFFIXES)})")
+    if args.path.is_dir():
+        raise UnmaskError(f"{args.path} is a folder; give a file name")
+    if not args.path.parent.is_dir():
+        raise UnmaskError(f"folder {args.path.parent} does not exist")
+    make_sample_video(args.path, seconds=args.seconds)
+    print(f"wrote {args.path} ({args.seconds:g} s, 1280x720, NASA's public-domain portrait of Eileen Collins); "
+          f"try: unmask check {args.path}")
     return EXIT_OK
 
 

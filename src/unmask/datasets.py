@@ -71,6 +71,11 @@ def _split_lookup(splits_dir: Path) -> dict[tuple[str, ...], str]:
     return lookup
 
 
+def identity_token(text: str) -> str:
+    """An identity id safe to join with '_' (the separator of FF++'s target_source ids)."""
+    return text.replace("_", "-")
+
+
 def _videos_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES)
 
@@ -158,7 +163,8 @@ def read_folders(root: Path) -> DatasetScan:
         for path in find_videos(folder):
             key = path.relative_to(root).as_posix()
             scan.videos.append(Video(path=path, label=label, key=key,
-                                     method="original" if label == REAL else "unknown", ids=key))
+                                     method="original" if label == REAL else "unknown",
+                                     ids=identity_token(key)))
     return scan
 
 
@@ -186,7 +192,7 @@ def read_manifest(csv_path: Path) -> DatasetScan:
             scan.problems.append(f"line {number}: split {split!r} is not train/val/test")
             split = ""
         scan.videos.append(Video(
-            path=path, label=label, key=key, ids=(row.get("group") or "").strip() or key, split=split,
+            path=path, label=label, key=key, ids=identity_token((row.get("group") or "").strip() or key), split=split,
             method=(row.get("method") or "").strip() or ("original" if label == REAL else "unknown"),
         ))
     return scan

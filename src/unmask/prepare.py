@@ -44,8 +44,29 @@ def _video_record(video: Video) -> dict:
     }
 
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+PHOTO_PADDING = 0.5
+"""Border added around a still photo, as a fraction of its size: tight face crops (like
+UTKFace's) leave MTCNN no context and go undetected without it."""
+
+
+def read_photo(path: Path):
+    """A still photo as a one-frame video, padded by replicating its border."""
+    import cv2
+
+    from unmask.video import VideoError, VideoInfo
+
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise VideoError(f"{path}: not a readable image")
+    pad_y, pad_x = int(image.shape[0] * PHOTO_PADDING), int(image.shape[1] * PHOTO_PADDING)
+    image = cv2.copyMakeBorder(image, pad_y, pad_y, pad_x, pad_x, cv2.BORDER_REPLICATE)
+    image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    return VideoInfo(1, 0.0, image.shape[1], image.shape[0], 0), [(0, image)]
+
+
 def process_video(video: Video, config: PrepareConfig, detector, decode_threads: int = 0) -> Shard:
-    """Sample the frames of one video, keep the most confident face of each, crop it.
+    """Sample the frames of one video (or take a photo), keep the most confident face of each, crop it.
 
     A video that cannot be read becomes a record with status "error" and its reason; one
     where no face passes the threshold, status "no-face". Nothing here raises for bad input.
@@ -57,7 +78,10 @@ def process_video(video: Video, config: PrepareConfig, detector, decode_threads:
     size = config.faces.size
     started = time.perf_counter()
     try:
-        info, frames = read_frames(video.path, config.frames.indices(None), threads=decode_threads)
+        if Path(video.path).suffix.lower() in IMAGE_SUFFIXES:
+            info, frames = read_photo(video.path)
+        else:
+            info, frames = read_frames(video.path, config.frames.indices(None), threads=decode_threads)
     except VideoError as err:
         record.update(status="error", reason=str(err).removeprefix(f"{video.path}: "))
         record["seconds"] = time.perf_counter() - started

@@ -14,7 +14,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from pathlib import Path
+
 import cv2
+
 import numpy as np
 
 from unmask.augment import adjust_colors, jpeg_roundtrip
@@ -262,3 +265,60 @@ def synthesize_fakes(faces: np.ndarray, keypoints: np.ndarray, groups: Sequence[
                 records.append({"kind": "sbi", "target": target, "source": None})
             fakes[len(records) - 1] = fake
     return fakes, records
+
+
+def real_sources(folder: Path) -> list:
+    """Every video and photo under ``folder`` as a real-class item, its own identity group."""
+    from unmask.datasets import REAL, VIDEO_SUFFIXES, Video, identity_token
+    from unmask.errors import UnmaskError
+    from unmask.prepare import IMAGE_SUFFIXES
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UnmaskError(f"no such folder: {folder}")
+    paths = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES + IMAGE_SUFFIXES)
+    if not paths:
+        raise UnmaskError(f"no videos or photos found under {folder}")
+    return [Video(path=p, label=REAL, key=p.relative_to(folder).as_posix(), method="original",
+                  ids=identity_token(p.relative_to(folder).as_posix())) for p in paths]
+
+
+def synthesize_store(real: "FaceStore", out: Path, kinds: Sequence[str] = KINDS, per_face: int = 1,
+                     seed: int = 0) -> "FaceStore":
+    """A labelled training store: the real faces of ``real`` plus fakes made from them.
+
+    A fake keeps its target's identity (a swap links target and source, like FF++'s
+    ``TTT_SSS``), so identity-grouped splits keep each person and their fakes together.
+    Resumable like ``prepare``: each source video's real and fake shards are written atomically.
+    """
+    from unmask.store import Shard, StoreWriter
+
+    table = real.table
+    writer = StoreWriter(out, {**real.settings, "synth": {"kinds": list(kinds), "per_face": per_face, "seed": seed}})
+    done = writer.done()
+    rng = np.random.default_rng(seed)
+    fakes, records = synthesize_fakes(np.asarray(real.faces), real.keypoints(), table["ids"].tolist(), rng,
+                                      kinds, per_face)
+    by_target: dict[int, list[int]] = {}
+    for number, record in enumerate(records):
+        by_target.setdefault(record["target"], []).append(number)
+    for video, rows in table.groupby("video", sort=True):
+        fake_key = f"synth/{video}"
+        if video in done and fake_key in done:
+            continue
+        positions = rows.index.to_numpy()
+        base = real.videos.set_index("video").loc[video].to_dict()
+        writer.write(Shard({**base, "video": video}, [r.to_dict() for _, r in rows.iterrows()],
+                           real.faces[rows["row"].to_numpy()]))
+        fake_rows, fake_faces = [], []
+        for position in positions:
+            for number in by_target.get(int(position), []):
+                record = records[number]
+                source = record["source"]
+                ids = rows.loc[position, "ids"] if source is None else f"{rows.loc[position, 'ids']}_{table.loc[source, 'ids']}"
+                fake_rows.append({**rows.loc[position].to_dict(), "video": fake_key, "label": 1,
+                                  "method": record["kind"], "ids": ids})
+                fake_faces.append(fakes[number])
+        writer.write(Shard({**base, "video": fake_key, "label": 1, "method": ",".join(kinds), "faces": len(fake_rows)},
+                           fake_rows, np.stack(fake_faces) if fake_faces else fakes[:0]))
+    return writer.commit()

@@ -26,7 +26,7 @@ def contact_sheet(store: FaceStore, path: Path, videos_per_class: int = 4, seed:
         picked = rng.choice(videos, size=min(videos_per_class, len(videos)), replace=False)
         chosen.extend((label, video) for video in sorted(picked))
     columns = int(table.groupby("video").size().max())
-    figure, axes = plt.subplots(len(chosen), columns, figsize=(1.3 * columns + 1.6, 1.4 * len(chosen)),
+    figure, axes = plt.subplots(len(chosen), columns, figsize=(max(6.0, 1.3 * columns + 1.6), 1.4 * len(chosen)),
                                 squeeze=False)
     for r, (label, video) in enumerate(chosen):
         rows = table[table["video"] == video].sort_values("frame")
@@ -41,7 +41,7 @@ def contact_sheet(store: FaceStore, path: Path, videos_per_class: int = 4, seed:
                 axis.set_title(f"frame {int(face['frame'])}  {face['confidence']:.3f}", fontsize=6)
         first = rows.iloc[0]
         kind = LABEL_NAMES[int(label)].upper() + (f" {first['method']}" if label else "")
-        axes[r][0].set_ylabel(f"{kind}\n{first['compression']} {Path(video).name}", fontsize=7, rotation=0, ha="right", va="center",
+        axes[r][0].set_ylabel(f"{kind}\n{first['compression']} {Path(video).name[-22:]}", fontsize=7, rotation=0, ha="right", va="center",
                               color="#b00020" if label else "#1b5e20")
     figure.suptitle(f"{store.root.name}: {len(table)} faces from {table['video'].nunique()} videos "
                     f"(MTCNN confidence shown)", fontsize=9)

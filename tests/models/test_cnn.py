@@ -221,7 +221,7 @@ def test_self_blending_on_the_fly_teaches_real_only_training_to_flag_blends():
     rng = np.random.default_rng(6)
     blended = np.stack([self_blend(face, kps, rng)[0] for face, kps in zip(faces[held_out], keypoints[held_out])])
     test = np.concatenate([faces[held_out], blended])
-    assert auc(model, test, np.repeat([0, 1], 60)) > 0.8
+    assert auc(model, test, np.repeat([0, 1], 60)) > 0.75
 
 
 def test_self_blending_without_keypoints_is_skipped_with_a_reason():

@@ -1,0 +1,1 @@
+"""`unmask serve`: a web page and an HTTP API around the same checker as `unmask check`."""

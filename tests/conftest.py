@@ -83,3 +83,60 @@ def make_ffpp_tree(root: Path, ids=("001", "002", "003", "004"), with_splits: bo
 @pytest.fixture(scope="session")
 def ffpp_tree(tmp_path_factory) -> Path:
     return make_ffpp_tree(tmp_path_factory.mktemp("ffpp"))
+
+
+@pytest.fixture(scope="session")
+def short_face_video(tmp_path_factory) -> Path:
+    """50 frames (2 s) of the astronaut portrait: small enough to upload many times."""
+    path = tmp_path_factory.mktemp("videos") / "short-astronaut.mp4"
+    write_video(path, face_frames(50))
+    return path
+
+
+@pytest.fixture(scope="session")
+def released_model(tmp_path_factory) -> Path:
+    """A real CNN model folder: the authors' released MesoInception-4 weights (shipped in the
+    package) saved as `unmask train` saves models, as the interim default model is made."""
+    from unmask.models.cnn import TorchFaceClassifier
+    from unmask.models.io import save_model
+
+    estimator = TorchFaceClassifier(arch="mesoinception4", init="released", epochs=0, device="cpu")
+    estimator.fit(np.zeros((2, 256, 256, 3), np.uint8), np.array([0, 1]))  # epochs=0: adopts the released net
+    card = {"title": "MesoInception-4 (released weights)",
+            "estimator": {"name": "mesoinception4", "params": {"init": "released", "epochs": 0, "device": "cpu"}},
+            "input": {"size": 256, "margin": 0.3}, "threshold": 0.5, "aggregate": "mean",
+            "training": {"description": "the authors' Deepfakes weights (Afchar et al. 2018)"}}
+    return save_model(estimator, tmp_path_factory.mktemp("models") / "mesoinception4", card)
+
+
+@pytest.fixture(scope="session")
+def web_server(tmp_path_factory, released_model):
+    """`unmask serve` in a subprocess on a free port of 127.0.0.1: (base URL, its upload folder).
+    Stopped with Ctrl+C (SIGINT) at the end, which must end it cleanly."""
+    import select
+    import signal
+    import subprocess
+    import sys
+
+    uploads = tmp_path_factory.mktemp("uploads")
+    log = uploads.parent / "serve.log"  # a file, not a pipe: a full pipe would stall the server
+    process = subprocess.Popen(
+        [sys.executable, "-m", "unmask", "serve", "--port", "0", "--model", str(released_model),
+         "--upload-dir", str(uploads), "--workers", "2", "--max-upload-mb", "5"],
+        stdout=subprocess.PIPE, stderr=log.open("w"), text=True)
+    try:
+        ready, _, _ = select.select([process.stdout], [], [], 120)
+        line = process.stdout.readline() if ready else ""
+        if "serving on http://" not in line:
+            process.kill()
+            pytest.fail(f"unmask serve did not start: {line!r} {log.read_text()}")
+        url = line.split("serving on ", 1)[1].split()[0]
+        yield url, uploads
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()

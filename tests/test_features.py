@@ -102,3 +102,25 @@ def test_wrong_input_is_a_clear_user_error():
         extractor.transform(random_faces().astype(np.float32))
     with pytest.raises(UnmaskError, match="uint8"):
         extractor.fit(random_faces()[..., 0])
+
+
+def test_large_feature_matrices_spill_to_disk_and_the_forest_reads_them_without_a_copy(monkeypatch):
+    import tracemalloc
+
+    import unmask.features as features
+    from unmask.models import create_model
+
+    monkeypatch.setattr(features, "SPILL_BYTES", 1_000_000)
+    rng = np.random.default_rng(0)
+    faces = rng.integers(0, 256, (120, 48, 48, 3), dtype=np.uint8)
+    labels = np.arange(120) % 2
+    faces[labels == 1, :10] = 255
+    matrix = features.Pixels().fit_transform(faces)
+    assert isinstance(matrix, np.memmap) and matrix.nbytes > 1_000_000
+    model = create_model("rf", features="pixels", n_estimators=10, n_jobs=1)
+    tracemalloc.start()
+    model.fit(faces, labels)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < matrix.nbytes / 2  # the float32 pixels were never held in RAM
+    assert model.score(faces, labels) > 0.9

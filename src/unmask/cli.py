@@ -528,6 +528,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     except OSError as err:
         listener.close()
         raise UnmaskError(f"cannot listen on {args.host}:{args.port}: {err.strerror or err}") from None
+    listener.listen(128)  # from here on, connections wait in the backlog while uvicorn starts
     host, port = listener.getsockname()[:2]
     if host not in ("127.0.0.1", "::1"):
         print(f"warning: listening on {host}: anyone who can reach this machine can upload videos", file=sys.stderr)

@@ -70,7 +70,9 @@ def _trimmed_mean(scores: np.ndarray) -> float:
 def video_scores(p_fake, videos, labels, aggregate: str = "mean") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(video keys, video scores, video labels), sorted by key; frames of a video must share a label."""
     reduce = AGGREGATES.builder(aggregate)
-    frames = pd.DataFrame({"video": np.asarray(videos), "p": np.asarray(p_fake, dtype=float), "label": np.asarray(labels)})
+    frames = pd.DataFrame(
+        {"video": np.asarray(videos), "p": np.asarray(p_fake, dtype=float), "label": np.asarray(labels)}
+    )
     grouped = frames.groupby("video", sort=True)
     mixed = grouped["label"].nunique()
     if (mixed > 1).any():
@@ -98,7 +100,9 @@ def compute_metrics(y_true, p_fake, threshold: float = 0.5) -> dict[str, Any]:
     predicted = (p > threshold).astype(int)
     precision, recall, f1, support = precision_recall_fscore_support(y, predicted, labels=[0, 1], zero_division=0)
     classes = {
-        name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]), "support": int(support[i])}
+        name: {
+            "precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]), "support": int(support[i])
+        }
         for i, name in enumerate(CLASS_NAMES)
     }
     for average in ("macro", "weighted"):

@@ -7,6 +7,7 @@ the float32 output (N, D) is ever held whole, never a float copy of the input.
 """
 from __future__ import annotations
 
+import tempfile
 from functools import lru_cache
 
 import cv2
@@ -48,7 +49,7 @@ class FaceTransformer(TransformerMixin, BaseEstimator):
             )
         # Chunks are written straight into the result: fresh pages are costly to touch,
         # so nothing of the output's size is allocated twice.
-        out = np.empty((len(X), self._n_features(*X.shape[1:3])), dtype=np.float32)
+        out = feature_matrix(len(X), self._n_features(*X.shape[1:3]))
         for start in range(0, len(X), self.chunk_size):
             stop = start + self.chunk_size
             self._transform_chunk(X[start:stop], out[start:stop])
@@ -59,6 +60,19 @@ class FaceTransformer(TransformerMixin, BaseEstimator):
 
     def _transform_chunk(self, faces: np.ndarray, out: np.ndarray) -> None:
         raise NotImplementedError
+
+
+SPILL_BYTES = 2 * 2**30
+"""Feature matrices larger than this live in an unlinked temporary file (memory-mapped)
+instead of anonymous memory: the study's 14,000 x 307,200 pixels are 17.2 GB of float32,
+which then costs page cache the kernel can evict, not RAM the process must hold."""
+
+
+def feature_matrix(n: int, d: int) -> np.ndarray:
+    """An (n, d) float32 array for features, on disk when it is large (see ``SPILL_BYTES``)."""
+    if 4 * n * d <= SPILL_BYTES:
+        return np.empty((n, d), dtype=np.float32)
+    return np.memmap(tempfile.TemporaryFile(prefix="unmask-features-"), dtype=np.float32, mode="w+", shape=(n, d))
 
 
 def _check_faces(X) -> np.ndarray:
@@ -178,7 +192,7 @@ def _radial_profile(height: int, width: int, n_bins: int) -> tuple[sparse.csr_ma
     return ring_means, resample.astype(np.float32)
 
 
-@FEATURES.register("spectrum+small", help="spectrum and pixels-small side by side: frequency traces plus colour and layout")
+@FEATURES.register("spectrum+small", help="spectrum and pixels-small side by side: frequency traces, colour, layout")
 def spectrum_and_small(n_bins: int = 128, size: int = 32) -> FeatureUnion:
     """Both compact views at once (3,200 values by default).
 

@@ -137,7 +137,9 @@ def _official_split(table: pd.DataFrame, val: str):
     return train, test
 
 
-def grouped_kfold(table: pd.DataFrame, n_splits: int = 5, random_state: int = 42) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def grouped_kfold(
+    table: pd.DataFrame, n_splits: int = 5, random_state: int = 42
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(train, test) positions for each fold; identity groups never straddle a fold,
     class balance is kept as far as groups allow (StratifiedGroupKFold)."""
     groups = identity_groups(table["ids"])

@@ -6,6 +6,7 @@ from sklearn.ensemble import RandomForestClassifier
 from sklearn.model_selection import GroupKFold, cross_val_score
 from sklearn.pipeline import FeatureUnion, Pipeline
 from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 
 from unmask.errors import UnmaskError
 from unmask.features import FEATURES, Pixels, feature_dim
@@ -60,7 +61,8 @@ def test_rf_on_small_pixels_separates_easy_classes():
 def test_pipelines_cross_validate_on_4d_uint8_faces_by_group(name):
     faces, labels, groups = easy_faces()
     model = create_model(name, features=FEATURES.create("pixels-small", size=8), **SMALL.get(name, {}))
-    scores = cross_val_score(model, faces, labels, groups=groups, cv=GroupKFold(n_splits=3))
+    with threadpool_limits(limits=1, user_api="openmp"):  # OpenMP crawls on a busy 2-core box
+        scores = cross_val_score(model, faces, labels, groups=groups, cv=GroupKFold(n_splits=3))
     assert scores.shape == (3,) and np.isfinite(scores).all()
     if name != "svm-c0.01":  # so smooth a boundary is allowed to underfit 50 crops
         assert scores.mean() >= 0.9
@@ -105,8 +107,9 @@ def test_memory_estimates_follow_the_documented_formulas():
     n, d = 14_000, feature_dim("pixels", 320, 320)
     assert d == 307_200
     forest = estimate_fit_memory("rf", n, d)
-    assert 4 * n * d < forest < 4 * n * d + 2**30  # the float32 features plus little
-    assert estimate_fit_memory("svm", n, d) > 3 * forest  # libsvm works in float64
+    assert forest < 2 * 2**30  # the study's 17.2 GB of float32 pixels spill to disk: well under 8 GB of RAM
+    assert estimate_fit_memory("rf", 1000, 3072) > 1000 * 3072 * 4  # small features stay in RAM
+    assert estimate_fit_memory("svm", n, d) > 40 * 2**30  # libsvm copies to float64: refused on most machines
     assert estimate_fit_memory("hgb", n, feature_dim("spectrum+small", 320, 320)) < 2 * 2**30
     with pytest.raises(UnmaskError, match="unknown model"):
         estimate_fit_memory("nope", n, d)
@@ -114,7 +117,7 @@ def test_memory_estimates_follow_the_documented_formulas():
 
 def test_memory_guard_refuses_an_absurd_request():
     with pytest.raises(UnmaskError, match=r"needs about .* GiB.*pixels-small"):
-        check_fit_memory("rf", 10_000_000, 307_200)
+        check_fit_memory("svm", 1_000_000, 307_200)
     with pytest.raises(UnmaskError, match="GiB"):
         check_fit_memory("svm", 14_000, 307_200, available=8 * 2**30)
     assert check_fit_memory("hgb", 14_000, 3_200, available=8 * 2**30) < 8 * 2**30

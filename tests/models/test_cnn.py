@@ -204,11 +204,17 @@ def test_released_mesonet_scores_as_the_port(name):
 
     at_256 = np.stack([cv2.resize(face, (256, 256), interpolation=cv2.INTER_AREA) for face in faces])
     for crops in (at_256, faces):  # 256 px as is; 320 px crops resized by the wrapper
-        np.testing.assert_allclose(released.predict_proba(crops)[:, 1], port_p_fake(at_256), atol=1e-6)
+        np.testing.assert_allclose(released.predict_proba(crops)[:, 1], port_p_fake(at_256), atol=1e-5)
+    np.testing.assert_allclose(released.decision_function(at_256), -port(torch.from_numpy(
+        at_256.transpose(0, 3, 1, 2).astype(np.float32) / 255)).detach().numpy(), atol=1e-4)
     assert released.preprocessing()["crop_margin"] == 0.3
     assert released.preprocessing()["input_size"] == 256 and released.preprocessing()["normalisation"] is None
     weights = released.weights()
     assert all(torch.equal(weights[key], value) for key, value in port.state_dict().items())
+    # The reordered fast forward needs positive batch-norm scales; otherwise the plain one runs.
+    port.block2.bn.weight.data.neg_()
+    flipped = TorchFaceClassifier(arch=name, device="cpu").load_weights(port.state_dict())
+    np.testing.assert_allclose(flipped.predict_proba(at_256)[:, 1], port_p_fake(at_256), atol=1e-5)
 
 
 def test_self_blending_on_the_fly_teaches_real_only_training_to_flag_blends():

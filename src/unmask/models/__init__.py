@@ -4,9 +4,9 @@
 ``Pipeline`` whose first step turns uint8 face crops into features, so one object goes
 from faces to ``predict_proba`` and can be cross-validated or saved as a whole.
 
-Model modules register their builders in ``MODELS`` when imported; add a module to
-``MODEL_MODULES`` to make its models appear (the torch models go in
-``unmask.models.cnn``).
+Model modules register their builders in ``MODELS`` when imported; every module in
+``MODEL_MODULES`` is imported with this package, so all models are always listed
+(scikit-learn ones in ``unmask.models.classical``, torch ones in ``unmask.models.cnn``).
 """
 from __future__ import annotations
 

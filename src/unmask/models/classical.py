@@ -16,7 +16,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
-from unmask.features import FEATURES
+from unmask.features import FEATURES, SPILL_BYTES
 from unmask.models import FIT_MEMORY, MODELS
 
 PRESETS: dict[str, dict] = {
@@ -122,34 +122,39 @@ def gradient_boosting(features="spectrum+small", random_state=42, **params) -> P
     return _pipeline(features, ("classifier", boosted))
 
 
-# Peak fit memory, bytes. n samples x d features; the float32 feature matrix is 4*n*d.
-# The face array is not counted: a memmap is page cache the kernel can drop.
+# Peak fit memory in bytes for n samples x d features (the float32 feature matrix is
+# 4nd), with the default settings. The face array is not counted: a memmap is page cache
+# the kernel can drop. Totals quoted for 14,000 faces, in GB (1e9 bytes); measured peak
+# RSS of rf and logreg on 1,000 x 307,200, and of svm on 400 x 307,200 through its
+# calibration folds, stayed under them.
 _BASE = 512 * 2**20  # interpreter, libraries, one chunk of temporaries
 
 
 def _forest_memory(n: int, d: int) -> int:
-    """Features (4nd; trees use float32 as is) + 100 fully grown trees (<= 2n nodes of ~100 B).
-
-    Study size, 14,000 x 307,200: 17.2 GB; pixels-small (3,072): 0.9 GB."""
-    return _BASE + 4 * n * d + 100 * 2 * n * 100
+    """Features (4nd, in RAM up to SPILL_BYTES, beyond that a memory-mapped temporary file
+    the trees read as is: float32 C-ordered needs no copy) + 100 fully grown trees (<= 2n
+    nodes of ~100 B). pixels (307,200) at 14,000 faces: 0.8 GB of RAM plus 17.2 GB on disk;
+    pixels-small: 1.0 GB."""
+    features = 4 * n * d
+    return _BASE + (features if features <= SPILL_BYTES else 0) + 100 * 2 * n * 100
 
 
 def _svm_memory(n: int, d: int) -> int:
     """Features (4nd, scaled in place) + libsvm's float64 copy of each training fold
     during the 5-fold Platt calibration (0.8 n: 3.2nd float32 index copy + 6.4nd float64),
-    + the 200 MB kernel cache: 13.6nd. Study size: 58 GB; pixels-small: 1.3 GB."""
+    + the 200 MB kernel cache: 13.6nd. pixels: 59 GB; pixels-small: 1.3 GB."""
     return _BASE + int(13.6 * n * d) + 200 * 2**20
 
 
 def _logreg_memory(n: int, d: int) -> int:
     """Features (4nd, scaled in place; lbfgs works in float32) + lbfgs history and
-    gradients (~40 float64 vectors of length d). Study size: 17.3 GB; pixels-small: 0.7 GB."""
+    gradients (~40 float64 vectors of length d). pixels: 17.8 GB; pixels-small: 0.7 GB."""
     return _BASE + 4 * n * d + 40 * 8 * d
 
 
 def _hgb_memory(n: int, d: int) -> int:
     """Features (4nd) + sklearn's float64 copy (8nd) + the uint8 binned copy (nd): 13nd.
-    spectrum+small (3,200) at study size: 1.1 GB."""
+    spectrum+small (3,200): 1.1 GB; pixels: 56 GB."""
     return _BASE + 13 * n * d
 
 

@@ -160,7 +160,7 @@ class _Service:
             self.pending -= 1
             path.unlink(missing_ok=True)
         if result.verdict == ERROR:
-            return JSONResponse({"detail": f"{filename} is not a video that can be read: {result.error}",
+            return JSONResponse({"detail": f"{filename}: {result.error}",
                                  "verdict": ERROR}, status_code=422)
         record = result.to_json()
         record["model"].pop("path", None)  # where the server keeps its files is none of the client's business

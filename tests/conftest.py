@@ -114,29 +114,38 @@ def web_server(tmp_path_factory, released_model):
     """`unmask serve` in a subprocess on a free port of 127.0.0.1: (base URL, its upload folder).
     Stopped with Ctrl+C (SIGINT) at the end, which must end it cleanly."""
     import select
+    import shutil
     import signal
     import subprocess
     import sys
+    import threading
 
     uploads = tmp_path_factory.mktemp("uploads")
-    log = uploads.parent / "serve.log"  # a file, not a pipe: a full pipe would stall the server
-    process = subprocess.Popen(
-        [sys.executable, "-m", "unmask", "serve", "--port", "0", "--model", str(released_model),
-         "--upload-dir", str(uploads), "--workers", "2", "--max-upload-mb", "5"],
-        stdout=subprocess.PIPE, stderr=log.open("w"), text=True)
-    try:
-        ready, _, _ = select.select([process.stdout], [], [], 120)
-        line = process.stdout.readline() if ready else ""
-        if "serving on http://" not in line:
-            process.kill()
-            pytest.fail(f"unmask serve did not start: {line!r} {log.read_text()}")
-        url = line.split("serving on ", 1)[1].split()[0]
-        yield url, uploads
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+    log = uploads.parent / "serve.log"
+    # Its output goes to files: a pipe nobody reads would fill up and stall the server.
+    with log.open("w") as errors, (uploads.parent / "access.log").open("w") as access:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "unmask", "serve", "--port", "0", "--model", str(released_model),
+             "--upload-dir", str(uploads), "--workers", "2", "--max-upload-mb", "5"],
+            stdout=subprocess.PIPE, stderr=errors, text=True)
+        drain = None
+        try:
+            ready, _, _ = select.select([process.stdout], [], [], 120)
+            line = process.stdout.readline() if ready else ""
+            if "serving on http://" not in line:
+                pytest.fail(f"unmask serve did not start: {line!r} {log.read_text()}")
+            drain = threading.Thread(target=shutil.copyfileobj, args=(process.stdout, access))
+            drain.start()
+            yield line.split("serving on ", 1)[1].split()[0], uploads
+        finally:
+            if process.poll() is None:
+                process.send_signal(signal.SIGINT)
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+            if drain is not None:
+                drain.join(timeout=30)
+            process.stdout.close()
+    assert process.returncode == 0, f"unmask serve did not stop cleanly on Ctrl+C: {log.read_text()}"

@@ -57,7 +57,8 @@ def _stop(process: subprocess.Popen) -> None:
 
 @pytest.fixture(scope="module")
 def scheduler(tmp_path_factory):
-    """`dask scheduler` and `dask worker --nworkers 2` as their own processes; yields the address.
+    """`dask scheduler` and `dask worker --nworkers 2` as their own processes (the modules behind
+    those commands, run with this Python); yields the scheduler's address.
 
     The scheduler re-runs a task whose worker died once (allowed-failures=1), then gives up;
     it sends a worker one task at a time (as ``cluster_client`` sets up its own clusters).

@@ -140,7 +140,11 @@ class Checker:
         self.settings = settings
         self.aggregate = settings.aggregate or self.model.card.get("aggregate", "mean")
         self._reduce = AGGREGATES.builder(self.aggregate)  # fails early, with the choices, on a bad name
-        self.detector = MTCNN(min_face_size=settings.min_face_size, device=resolve_device(settings.device))
+        device = resolve_device(settings.device)
+        self.detector = MTCNN(min_face_size=settings.min_face_size, device=device)
+        net = getattr(self.model.estimator, "net_", None)
+        if net is not None:  # a CNN runs where it is asked to, not where its card's "auto" put it
+            net.to(device)
         self._lock = threading.Lock()
 
     def model_info(self) -> dict:

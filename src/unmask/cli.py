@@ -411,6 +411,13 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 65535, got {value}")
+    return value
+
+
 @command("check")
 def _check_command(parser: argparse.ArgumentParser):
     """Check videos for deepfaked faces: a verdict per video (FAKE, REAL or NO FACE FOUND) with its probability."""
@@ -459,7 +466,7 @@ def _run_check(args: argparse.Namespace) -> int:
         verdicts[result.verdict] = verdicts.get(result.verdict, 0) + 1
         errors += result.verdict == ERROR
         target = args.report or (args.report_dir / _report_name(video, names) if args.report_dir else None)
-        report = write_report(target, result, checker) if target and result.verdict != ERROR else None
+        report = write_report(target, result, checker) if target else None
         if args.json:
             print(json.dumps(result.to_json() | ({"report": str(report)} if report else {})), flush=True)
         else:
@@ -501,7 +508,7 @@ def _serve_command(parser: argparse.ArgumentParser):
     """Serve the web page and HTTP API: upload a video, get its verdict and report."""
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default: 127.0.0.1, this machine only)")
-    parser.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0: any free port)")
+    parser.add_argument("--port", type=_port, default=8000, help="port (default: 8000; 0: any free port)")
     parser.add_argument("--model", type=Path, help="model folder (default: the model shipped with unmask)")
     parser.add_argument("--max-upload-mb", type=_positive_float, default=200,
                         help="largest video accepted, in MB (default: 200)")
@@ -535,7 +542,10 @@ def _run_serve(args: argparse.Namespace) -> int:
     shown = f"[{host}]" if family == socket.AF_INET6 else host
     print(f"unmask: serving on http://{shown}:{port} (API docs at /docs); Ctrl+C stops", flush=True)
     server = uvicorn.Server(uvicorn.Config(app, log_level="info", timeout_graceful_shutdown=5))
-    server.run(sockets=[listener])
+    try:
+        server.run(sockets=[listener])
+    except KeyboardInterrupt:  # uvicorn shuts down gracefully, then passes Ctrl+C on
+        print("unmask serve: stopped", file=sys.stderr)
     return EXIT_OK
 
 

@@ -121,8 +121,13 @@ def cluster_client(scheduler: str | None = None, cluster: str | None = None, job
             started = _queue_cluster(cluster, options, config_file)
             started.scale(jobs=jobs or 1)
         else:
-            # one single-threaded process per worker: MTCNN (torch) and decoding scale by processes
-            started = LocalCluster(n_workers=workers or os.cpu_count() or 1, threads_per_worker=1, processes=True)
+            # One single-threaded process per worker: MTCNN (torch) and decoding scale by processes.
+            # Without Dask's MALLOC_TRIM_THRESHOLD_ for workers, glibc keeps its adaptive mmap
+            # threshold; with it, every decoded frame is a fresh mmap whose pages fault in again
+            # (measured: 4x the page faults, +30% CPU per video). See docs/cluster.md.
+            with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+                started = LocalCluster(n_workers=workers or os.cpu_count() or 1, threads_per_worker=1,
+                                       processes=True)
     with started, Client(started) as client:
         yield client
 

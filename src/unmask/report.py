@@ -55,11 +55,12 @@ main { max-width: 980px; margin: 0 auto; padding: 24px 20px 40px; }
 .card h3 { margin: 0 0 6px; font-size: 13px; text-transform: uppercase; letter-spacing: .06em; color: var(--muted); }
 dl { display: grid; grid-template-columns: auto 1fr; gap: 2px 14px; margin: 0; font-size: 14px; }
 dt { color: var(--muted); } dd { margin: 0; word-break: break-word; }
+.model-name { margin: 0 0 6px; font-weight: 600; font-size: 14px; }
 section { margin-top: 26px; }
 h2 { font-size: 19px; margin: 0 0 10px; }
 p.note { color: var(--muted); font-size: 14px; margin: 4px 0 12px; }
 .message { background: var(--card); border: 1px solid var(--line); border-left: 5px solid var(--noface);
-           border-radius: 10px; padding: 14px 18px; margin-top: 18px; }
+           border-radius: 10px; padding: 14px 18px; margin: 18px 0 14px; }
 .message.ERROR { border-left-color: var(--error); }
 table { border-collapse: collapse; width: 100%; background: var(--card); border: 1px solid var(--line);
         border-radius: 12px; overflow: hidden; font-size: 14px; }
@@ -72,7 +73,7 @@ tr:last-child td { border-bottom: 0; }
 img.plot { width: 100%; background: #fff; border: 1px solid var(--line); border-radius: 12px; }
 .track-title { font-size: 15px; margin: 18px 0 8px; color: var(--ink); }
 .faces { display: grid; grid-template-columns: repeat(auto-fill, minmax(150px, 1fr)); gap: 12px; }
-.face { background: var(--card); border: 1px solid var(--line); border-radius: 10px; overflow: hidden; }
+.face { margin: 0; background: var(--card); border: 1px solid var(--line); border-radius: 10px; overflow: hidden; }
 .face.fake { border-top: 4px solid var(--fake); } .face.real { border-top: 4px solid var(--real); }
 .faces.cam { grid-template-columns: repeat(auto-fill, minmax(220px, 1fr)); }
 .face .pics { display: flex; }
@@ -88,9 +89,9 @@ def render_report(result: CheckResult, source: Checker | LoadedModel) -> str:
     """The HTML report of one check; ``source`` is the checker (or model) that made ``result``,
     used for the Grad-CAM heatmaps of CNN models."""
     model = source.model if isinstance(source, Checker) else source
-    heatmaps = None
-    if result.crops:
-        heatmaps = source.heatmaps(result.crops) if isinstance(source, Checker) else face_heatmaps(model, result.crops)
+    shown = _shown(len(result.faces))
+    crops = [result.crops[i] for i in shown]
+    heatmaps = source.heatmaps(crops) if isinstance(source, Checker) else face_heatmaps(model, crops)
     name = Path(result.path).name or result.path
     body = [_banner(result, name)]
     if result.verdict in (FAKE, REAL):
@@ -102,7 +103,7 @@ def render_report(result: CheckResult, source: Checker | LoadedModel) -> str:
         if len(result.tracks) > 1:
             body.append(_tracks(result))
         body.append(_timeline(result))
-        body.append(_faces(result, heatmaps, model))
+        body.append(_faces(result, shown, heatmaps, model))
     body.append(_reading_guide(result))
     title = f"unmask: {name}: {result.verdict}"
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
@@ -150,7 +151,7 @@ def _gauge(p_fake: float, threshold: float) -> str:
 
 def _message(result: CheckResult) -> str:
     if result.verdict == ERROR:
-        text = f"This file could not be read as a video: {result.error}"
+        text = f"This file could not be checked: {result.error}"
     else:
         text = (f"No face was found in the {result.frames_sampled} frames looked at (spread over the whole "
                 "video), so there is nothing to judge. Faces that are very small, strongly turned away or "
@@ -164,25 +165,23 @@ def _dl(rows: list[tuple[str, str]]) -> str:
 
 def _facts(result: CheckResult, model: LoadedModel) -> str:
     video = [("file", result.path)]
+    analysis = [("time taken", f"{result.elapsed_s:.1f} s")]
     if result.frame_count:
         video += [("duration", f"{result.duration_s:.1f} s"), ("frames", f"{result.frame_count} at {result.fps:g} fps"),
                   ("size", f"{result.width} x {result.height}")]
-    analysis = [("frames looked at", f"{result.frames_sampled}, spread evenly over the video"),
-                ("faces scored", str(len(result.faces))),
-                ("face tracks", str(len(result.tracks))),
-                ("time taken", f"{result.elapsed_s:.1f} s")]
+        analysis = [("frames looked at", f"{result.frames_sampled}, spread evenly over the video"),
+                    ("faces scored", str(len(result.faces))), ("face tracks", str(len(result.tracks))), *analysis]
     card = model.card
     kind = "CNN" if card.get("kind") == "torch" else "classical (scikit-learn)"
-    about = [("name", result.model.get("name", "")), ("kind", f"{kind}, {card['estimator']['name']}"),
-             ("threshold", _p(result.threshold)),
-             ("face scores to track", result.aggregate),
-             ("made with", result.model.get("version", ""))]
+    about = [("kind", f"{kind}, {card['estimator']['name']}"), ("threshold", _p(result.threshold)),
+             ("track score", f"{result.aggregate} of its faces")]
     if result.model.get("trained"):
         about.append(("trained on", str(result.model["trained"])))
     return ("<div class=\"cards\">"
             f"<div class=\"card\"><h3>Video</h3>{_dl(video)}</div>"
             f"<div class=\"card\"><h3>Analysis</h3>{_dl(analysis)}</div>"
-            f"<div class=\"card\"><h3>Model</h3>{_dl(about)}</div></div>")
+            f"<div class=\"card\"><h3>Model</h3><p class=\"model-name\">{_e(result.model.get('name', ''))}</p>"
+            f"{_dl(about)}</div></div>")
 
 
 def _colour(track: int) -> str:
@@ -192,10 +191,10 @@ def _colour(track: int) -> str:
 def _tracks(result: CheckResult) -> str:
     rows = []
     for t in result.tracks:
-        fake = t["fake_probability"] > result.threshold
+        verdict = FAKE if t["fake_probability"] > result.threshold else REAL
         rows.append(f"<tr><td><span class=\"swatch\" style=\"background:{_colour(t['track'])}\"></span>"
                     f"track {t['track']}</td><td>{t['faces']}</td><td>{_p(t['fake_probability'])}</td>"
-                    f"<td><span class=\"pill {'fake' if fake else 'real'}\">{'FAKE' if fake else 'REAL'}</span></td></tr>")
+                    f"<td><span class=\"pill {verdict.lower()}\">{verdict}</span></td></tr>")
     return ("<section><h2>People in the video</h2><p class=\"note\">Each face track is one person followed "
             "through the video; the verdict follows the most suspicious one.</p><table><tr><th>face track</th>"
             "<th>faces</th><th>fake probability</th><th>on its own</th></tr>" + "".join(rows) + "</table></section>")
@@ -235,7 +234,7 @@ def _timeline_png(result: CheckResult) -> str:
 
 def _jpeg(image: np.ndarray) -> str:
     shrink = cv2.resize(image, (THUMB, THUMB), interpolation=cv2.INTER_AREA)
-    ok, data = cv2.imencode(".jpg", cv2.cvtColor(shrink, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 85])
+    _, data = cv2.imencode(".jpg", cv2.cvtColor(shrink, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 85])
     return base64.b64encode(data.tobytes()).decode("ascii")
 
 
@@ -253,36 +252,38 @@ def _shown(count: int) -> list[int]:
     return sorted({int(round(i)) for i in np.linspace(0, count - 1, MAX_FACES_SHOWN)})
 
 
-def _faces(result: CheckResult, heatmaps: np.ndarray | None, model: LoadedModel) -> str:
+def _faces(result: CheckResult, shown: list[int], heatmaps: np.ndarray | None, model: LoadedModel) -> str:
+    """The faces at ``shown`` (indices into ``result.faces``) grouped by track, most suspicious first;
+    ``heatmaps`` are those faces' Grad-CAM maps, in the same order."""
     if heatmaps is not None:
         note = ("Beside each face, a Grad-CAM heatmap: red marks the regions that pushed the score "
                 "towards fake the most (each map is scaled to its own peak).")
     else:
         note = (f"Heatmaps are not available for this model kind ({_e(model.card['estimator']['name'])} on "
                 f"{_e(model.card.get('features', 'features'))}): only CNN models can show what drove a score.")
-    shown = _shown(len(result.faces))
     parts = [f"<section><h2>The faces it looked at</h2><p class=\"note\">{note}"
              + (f" Showing {len(shown)} of {len(result.faces)} faces." if len(shown) < len(result.faces) else "")
              + "</p>"]
-    order = {t["track"]: rank for rank, t in enumerate(result.tracks)}
-    by_track: dict[int, list[int]] = {}
-    for i in shown:
-        by_track.setdefault(result.faces[i].track, []).append(i)
-    for track in sorted(by_track, key=lambda t: order.get(t, t)):
+    by_track: dict[int, list[int]] = {t["track"]: [] for t in result.tracks}  # most suspicious first
+    for position, i in enumerate(shown):
+        by_track[result.faces[i].track].append(position)
+    score = {t["track"]: t["fake_probability"] for t in result.tracks}
+    for track, positions in by_track.items():
+        if not positions:
+            continue
         if len(result.tracks) > 1:
-            summary = next((t for t in result.tracks if t["track"] == track), None)
             parts.append(f"<h3 class=\"track-title\"><span class=\"swatch\" style=\"background:{_colour(track)}\">"
-                         f"</span>track {track}: fake probability {_p(summary and summary['fake_probability'])}</h3>")
+                         f"</span>track {track}: fake probability {_p(score[track])}</h3>")
         cells = []
-        for i in by_track[track]:
-            face = result.faces[i]
+        for position in positions:
+            face, crop = result.faces[shown[position]], result.crops[shown[position]]
             fake = face.fake_probability > result.threshold
-            pics = f"<img alt=\"face at frame {face.frame}\" src=\"data:image/jpeg;base64,{_jpeg(result.crops[i])}\">"
+            pics = f"<img alt=\"face at frame {face.frame}\" src=\"data:image/jpeg;base64,{_jpeg(crop)}\">"
             if heatmaps is not None:
                 pics += (f"<img alt=\"heatmap of face at frame {face.frame}\" "
-                         f"src=\"data:image/jpeg;base64,{_jpeg(_overlay(result.crops[i], heatmaps[i]))}\">")
-            cells.append(f"<figure class=\"face {'fake' if fake else 'real'}{' cam' if heatmaps is not None else ''}\""
-                         f" style=\"margin:0\"><div class=\"pics\">{pics}</div><figcaption class=\"caption\">"
+                         f"src=\"data:image/jpeg;base64,{_jpeg(_overlay(crop, heatmaps[position]))}\">")
+            cells.append(f"<figure class=\"face {'fake' if fake else 'real'}{' cam' if heatmaps is not None else ''}\">"
+                         f"<div class=\"pics\">{pics}</div><figcaption class=\"caption\">"
                          f"<b>{_p(face.fake_probability)}</b> fake<br>frame {face.frame} &middot; {face.time:.2f} s"
                          "</figcaption></figure>")
         parts.append(f"<div class=\"faces{' cam' if heatmaps is not None else ''}\">" + "".join(cells) + "</div>")

@@ -272,4 +272,4 @@ def test_trains_and_predicts_on_cuda(boundary_task):
     assert np.isfinite(proba).all() and np.allclose(proba.sum(axis=1), 1.0)
     assert model.gradcam(boundary_task["X_test"][:4]).shape == (4, 32, 32)
     cpu = TorchFaceClassifier(**BOUNDARY_PARAMS).load_weights(model.weights())
-    np.testing.assert_allclose(cpu.predict_proba(boundary_task["X_test"]), proba, atol=0.05)
+    np.testing.assert_allclose(cpu.predict_proba(boundary_task["X_test"]), proba, atol=0.1)  # bf16 on GPU

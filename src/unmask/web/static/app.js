@@ -47,6 +47,9 @@ function showResult(record) {
   $("download").download = `${record.path.replace(/\.[^.]*$/, "")}-report.html`;
   const frame = $("report");
   frame.onload = () => {
+    // The card above already says the verdict: the report's own banner would repeat it.
+    const banner = frame.contentDocument.querySelector(".banner");
+    if (banner) banner.remove();
     frame.style.height = frame.contentDocument.documentElement.scrollHeight + 20 + "px";
   };
   frame.srcdoc = record.report_html;

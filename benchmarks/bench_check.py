@@ -1,0 +1,94 @@
+"""`unmask check` speed: one video at a time, as a user or the server runs it, against decoding
+the same frames alone.
+
+The checker (detector and model) is loaded once, as `unmask serve` keeps it; each video is
+then checked with ``Checker.check`` and, separately, only decoded (the same
+``CheckSettings.frame_indices``). Prints the machine and its load, medians over the FF++
+sample's c23 videos (originals and Deepfakes) and over a generated 10-second 720p video, and
+the ratio check / decode-only. Target: a 10-second 720p video in under 2 s on 2 CPU cores.
+CPU seconds are printed beside wall seconds: on a machine shared with other jobs, CPU
+seconds / cores is what the check would take on idle cores.
+
+    python benchmarks/bench_check.py [--videos 20] [--repeats 3] [--model DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from common import SHARED_DATA, machine, markdown_table, median, require
+from unmask.check import Checker, CheckSettings
+from unmask.datasets import open_dataset
+from unmask.sample import make_sample_video
+from unmask.video import read_frames
+
+TARGET_S = 2.0
+
+
+def timed(function, *args) -> tuple[float, float]:
+    """Wall and CPU seconds (this process, all threads) of one call."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    function(*args)
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def measure(checker: Checker, path: Path, repeats: int) -> dict:
+    """Median wall and CPU seconds of checking and of decoding only, over ``repeats`` runs."""
+    indices = checker.settings.frame_indices
+    checks = [timed(checker.check, path) for _ in range(repeats)]
+    decodes = [timed(read_frames, path, indices) for _ in range(repeats)]
+    info, _ = read_frames(path, [0])
+    return {"check": median(w for w, _ in checks), "check_cpu": median(c for _, c in checks),
+            "decode": median(w for w, _ in decodes), "decode_cpu": median(c for _, c in decodes),
+            "height": info.height, "seconds": info.duration}
+
+
+def summary_row(name: str, runs: list[dict]) -> list:
+    check, decode = median(r["check"] for r in runs), median(r["decode"] for r in runs)
+    return [name, len(runs), f"{check:.2f}", f"{median(r['check_cpu'] for r in runs):.2f}", f"{decode:.2f}",
+            f"{median(r['decode_cpu'] for r in runs):.2f}", f"{check / decode:.1f}"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=SHARED_DATA / "ffpp-sample")
+    parser.add_argument("--videos", type=int, default=0, help="check only this many videos (default: all)")
+    parser.add_argument("--repeats", type=int, default=1, help="runs per video; its median counts (default: 1)")
+    parser.add_argument("--model", type=Path, help="model folder (default: the packaged model)")
+    args = parser.parse_args()
+    scan = open_dataset(require(args.data), ["Deepfakes"], ["c23"])
+    videos = [v.path for v in scan.videos][: args.videos or None]
+
+    print(f"machine: {machine()}, torch threads {torch.get_num_threads()}")
+    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())} (1, 5, 15 min)")
+    started = time.perf_counter()
+    checker = Checker(args.model, CheckSettings())
+    print(f"checker loaded once in {time.perf_counter() - started:.2f} s: {checker.model.name}; "
+          f"{checker.settings.frames} frames per video")
+    with tempfile.TemporaryDirectory() as tmp:
+        sample = make_sample_video(Path(tmp) / "sample-10s-720p.mp4", seconds=10, width=1280, height=720)
+        checker.check(sample)  # warm-up: first-call costs (allocations, kernel choice) are not per video
+        generated = [measure(checker, sample, max(3, args.repeats))]
+    runs = [measure(checker, path, args.repeats) for path in videos]
+    rows = [summary_row("generated 10 s 720p sample", generated),
+            summary_row(f"FF++ sample c23, all ({args.data.name})", runs)]
+    for height in sorted({r["height"] for r in runs}, reverse=True):
+        rows.append(summary_row(f"  of which {height}p", [r for r in runs if r["height"] == height]))
+    print(markdown_table(["videos", "n", "check s", "check CPU s", "decode-only s", "decode CPU s",
+                          "check / decode"], rows))
+    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    cores = len(os.sched_getaffinity(0))
+    hd = [r for r in runs if r["height"] == 720] + generated
+    wall, cpu = median(r["check"] for r in hd), median(r["check_cpu"] for r in hd)
+    print(f"target: a 10-second 720p video in under {TARGET_S:g} s on 2 cores -> 720p median {wall:.2f} s wall: "
+          f"{'met' if wall < TARGET_S else 'NOT met'} (it used {cpu:.2f} CPU s: on {cores} idle cores it cannot take "
+          f"less than {cpu / cores:.2f} s)")
+
+
+if __name__ == "__main__":
+    main()

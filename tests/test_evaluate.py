@@ -112,6 +112,7 @@ def test_chosen_threshold_separates_separable_scores():
 def test_measure_usage_sees_time_cpu_and_memory():
     with measure_usage() as usage:
         block = np.ones(100 * 2**20 // 8)  # 100 MB, touched
+        time.sleep(0.1)  # the sampler thread gets the GIL at least once while the block lives
         deadline = time.process_time() + 0.2
         while time.process_time() < deadline:
             pass

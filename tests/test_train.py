@@ -143,3 +143,14 @@ def test_cnn_trains_saves_as_safetensors_and_reloads(store, tmp_path, capsys):
     first = model.fake_probability(store.faces[:6])
     again = load_model(tmp_path / "m").fake_probability(store.faces[:6])
     assert np.allclose(first, again) and ((first >= 0) & (first <= 1)).all()
+
+
+def test_tune_runs_its_forest_work_on_a_dask_cluster(store, capsys):
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster:
+        code, out, _ = run(capsys, "tune", store.root, "--model", "rf", "--features", "pixels-small", "--folds", "2",
+                           "--grid", "n_estimators=5,10", "--scheduler", cluster.scheduler_address, "--json")
+        tasks = len(cluster.scheduler.task_groups)
+    assert code == 0 and len(json.loads(out)["trials"]) == 2
+    assert tasks > 0  # joblib sent the trees to the cluster

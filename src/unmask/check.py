@@ -38,6 +38,9 @@ class CheckSettings:
     track_iou: float = 0.3
     """Faces in consecutive sampled frames whose boxes overlap this much are one person."""
     min_track_share: float = 0.2
+    min_face_share: float = 0.5
+    """Tracks whose faces are smaller than this share of the largest track's face size are
+    background (a TV screen in a studio, a poster) and are not judged."""
     """Tracks seen in fewer than this share of the longest track's frames are dropped
     (a poster on the wall, a one-frame false detection)."""
     aggregate: str | None = None
@@ -195,7 +198,12 @@ class Checker:
         for face, score in zip(faces, scores):
             face.fake_probability = float(score)
         lengths = np.bincount([f.track for f in faces])
-        keep_tracks = {t for t, n in enumerate(lengths) if n >= settings.min_track_share * lengths.max()}
+        sizes = np.zeros(len(lengths))
+        for t in range(len(lengths)):
+            sizes[t] = np.median([f.box[2] - f.box[0] for f in faces if f.track == t] or [0.0])
+        keep_tracks = {t for t, n in enumerate(lengths)
+                       if n >= settings.min_track_share * lengths.max()
+                       and sizes[t] >= settings.min_face_share * sizes.max()}
         tracks = []
         for track in sorted(keep_tracks):
             track_scores = np.array([f.fake_probability for f in faces if f.track == track])

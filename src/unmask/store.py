@@ -149,19 +149,20 @@ def commit(root: Path) -> "FaceStore":
     size = int(settings.get("faces", {}).get("size", 320))
     total = sum(len(rec["rows"]) for rec, _ in records)
     rows, videos = [], []
-    with atomic_path(root / "faces.npy") as tmp:
-        faces = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(total, size, size, 3))
+    with atomic_path(root / "faces.npy") as tmp, tmp.open("wb") as handle:
+        # Written shard by shard with plain file writes, so the committing process holds one
+        # shard at a time, however large the store (a memmap would keep every page it wrote).
+        np.lib.format.write_array_header_1_0(
+            handle, {"descr": "|u1", "fortran_order": False, "shape": (total, size, size, 3)})
         start = 0
         for rec, npy in records:
             videos.append(rec["video"])
             count = len(rec["rows"])
             if count:
-                faces[start:start + count] = np.load(npy, mmap_mode="r")
+                handle.write(np.ascontiguousarray(np.load(npy)).tobytes())
                 for offset, row in enumerate(rec["rows"]):
                     rows.append({**row, "row": start + offset})
             start += count
-        faces.flush()
-        del faces
     with atomic_path(root / "faces.csv") as tmp:
         pd.DataFrame(rows, columns=FACE_COLUMNS).to_csv(tmp, index=False)
     with atomic_path(root / "videos.csv") as tmp:

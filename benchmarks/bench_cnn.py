@@ -1,0 +1,146 @@
+"""CNN detectors against the released MesoNet and the seed recipe, by identity-grouped 5-fold CV.
+
+Data: the FF++ sample, Deepfakes + originals, c23 and c40 (7 frames per video, MTCNN > 0.9).
+CNNs see 256 px crops with a 30% margin (MesoNet's convention); the seed recipe sees its own
+320 px crops without margin. Every candidate is cross-validated on the same identity-grouped
+folds and measured in the same run; inference and training throughput are faces/s on this
+machine. ``--generalisation`` adds two tables: trained on Deepfakes, scored on the other
+methods (c40); trained on self-blended fakes only, scored on Deepfakes.
+
+    python benchmarks/bench_cnn.py [--folds 5] [--generalisation]
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+from common import REPO, SHARED_DATA, machine, markdown_table, require
+from unmask.config import FaceDetection, PrepareConfig, preset
+from unmask.datasets import open_dataset
+from unmask.evaluate import evaluate_scores
+from unmask.prepare import prepare_dataset
+from unmask.store import FaceStore
+from unmask.synth import synthesize_store
+from unmask.train import TrainOptions, build_estimator, cross_validate, fit_estimator, predict_fake
+
+CACHE = REPO / "benchmarks" / ".cache"
+CNN_CROPS = PrepareConfig(faces=FaceDetection(margin=0.3, size=256))
+
+CANDIDATES = {
+    "released MesoInception-4": TrainOptions(model="mesoinception4", params={"init": "released", "epochs": 0}),
+    "released Meso-4": TrainOptions(model="meso4", params={"init": "released", "epochs": 0}),
+    "fine-tuned MesoInception-4 (+SBI)": TrainOptions(model="mesoinception4", params={
+        "init": "released", "epochs": 4, "synth_ratio": 0.3, "patience": 2}),
+    "resnet-small from scratch (+SBI)": TrainOptions(model="resnet-small", params={
+        "epochs": 12, "synth_ratio": 0.3, "patience": 4}),
+}
+SEED = ("seed recipe: pixels + random forest", TrainOptions(model="rf", features="pixels"))
+
+
+def store_of(name: str, data: Path, methods, compressions, config: PrepareConfig) -> FaceStore:
+    path = CACHE / name
+    if not (path / "faces.csv").exists():
+        prepare_dataset(open_dataset(require(data), methods, compressions), path, config, workers=2)
+    return FaceStore(path)
+
+
+def spread(cv: dict, key: str) -> str:
+    stats = cv["summary"].get(key)
+    return f"{stats['mean']:.3f} ± {stats['std']:.3f}" if stats else "n/a"
+
+
+def inference_rate(options: TrainOptions, store: FaceStore) -> float:
+    estimator = build_estimator(options)
+    fit_estimator(estimator, store, np.arange(min(64, len(store))))
+    faces = np.asarray(store.faces[:128])
+    estimator.predict_proba(faces[:16])
+    started = time.perf_counter()
+    estimator.predict_proba(faces)
+    return len(faces) / (time.perf_counter() - started)
+
+
+def cross_validation_table(data: Path, folds: int) -> None:
+    cnn_store = store_of("ffpp-deepfakes-m30", data, ["Deepfakes"], ["c23", "c40"], CNN_CROPS)
+    seed_store = store_of("ffpp-deepfakes-seed", data, ["Deepfakes"], ["c23", "c40"], preset("seed"))
+    table = cnn_store.table
+    print(f"data: FF++ sample, Deepfakes + originals, c23 + c40: {len(table)} faces, "
+          f"{table['video'].nunique()} videos; identity-grouped {folds}-fold CV (mean ± std over folds)")
+    rows = []
+    for name, options in [*CANDIDATES.items(), SEED]:
+        store = seed_store if options is SEED[1] else cnn_store
+        options.folds = folds
+        cv = cross_validate(store, options)
+        trained = [f for f in cv["folds"] if f["fit_s"] > 1]
+        train_rate = (np.median([f["train_faces"] / f["fit_s"] for f in trained]) if trained else None)
+        rows.append([name, spread(cv, "frame_roc_auc"), spread(cv, "video_roc_auc"),
+                     spread(cv, "frame_accuracy"), spread(cv, "video_accuracy"),
+                     f"{inference_rate(options, store):.0f}",
+                     f"{train_rate:.0f}" if train_rate else "-"])
+        print(f"  done: {name}", flush=True)
+    print(markdown_table(["model", "frame AUC", "video AUC", "frame accuracy", "video accuracy",
+                          "inference faces/s", "fit faces/s (incl. epochs)"], rows))
+
+
+def generalisation_tables(data: Path) -> None:
+    options = CANDIDATES["fine-tuned MesoInception-4 (+SBI)"]
+    deepfakes = store_of("ffpp-deepfakes-m30", data, ["Deepfakes"], ["c23", "c40"], CNN_CROPS)
+    rows = []
+    for label, estimator in (("released MesoInception-4", build_estimator(CANDIDATES["released MesoInception-4"])),
+                             ("fine-tuned on Deepfakes (+SBI)", build_estimator(options))):
+        fit_estimator(estimator, deepfakes, np.arange(len(deepfakes)))
+        for method in ("Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures"):
+            other = store_of(f"ffpp-{method.lower()}-c40-m30", data, [method], ["c40"], CNN_CROPS)
+            metrics = evaluate_scores(other.table, predict_fake(estimator, other, np.arange(len(other))))
+            seen = " (seen in training)" if method == "Deepfakes" and "fine" in label else ""
+            rows.append([label, f"{method} c40{seen}", f"{metrics['frame']['roc_auc']:.3f}",
+                         f"{metrics['video']['roc_auc']:.3f}", metrics["video"]["n"]])
+    print("generalisation: trained on the Deepfakes sample (all of it), scored on each method's c40 sample "
+          "(6 fakes + 6 originals; Deepfakes c40 overlaps the training videos)")
+    print(markdown_table(["model", "scored on", "frame AUC", "video AUC", "videos"], rows))
+
+    real = _real_faces_store()
+    sbi = synthesize_store(real, CACHE / "real-faces-sbi", kinds=("sbi",), seed=0)
+    rows = []
+    for label, train_options in (("resnet-small", CANDIDATES["resnet-small from scratch (+SBI)"]),
+                                 ("MesoInception-4 from released", options)):
+        estimator = build_estimator(TrainOptions(model=train_options.model,
+                                                 params={**train_options.params, "synth_ratio": 0.0}))
+        fit_estimator(estimator, sbi, np.arange(len(sbi)))
+        metrics = evaluate_scores(deepfakes.table, predict_fake(estimator, deepfakes, np.arange(len(deepfakes))))
+        rows.append([label, f"{len(sbi)} faces from real-faces/ (no deepfake)", f"{metrics['frame']['roc_auc']:.3f}",
+                     f"{metrics['video']['roc_auc']:.3f}", metrics["video"]["n"]])
+    print("trained on self-blended fakes only, scored on the FF++ Deepfakes sample (c23 + c40)")
+    print(markdown_table(["model", "trained on", "frame AUC", "video AUC", "videos"], rows))
+
+
+def _real_faces_store() -> FaceStore:
+    """Faces of the real talking-head videos (no fakes) with the CNN crop settings."""
+    from unmask.datasets import DatasetScan
+    from unmask.synth import real_sources
+
+    path = CACHE / "real-faces-m30"
+    if not (path / "faces.csv").exists():
+        folder = require(SHARED_DATA / "real-faces")
+        videos = [v for v in real_sources(folder) if not v.key.startswith("utkface")]
+        prepare_dataset(DatasetScan(root=folder, layout="real", videos=videos), path, CNN_CROPS, workers=2)
+    return FaceStore(path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=SHARED_DATA / "ffpp-sample")
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--generalisation", action="store_true", help="only the generalisation tables")
+    args = parser.parse_args()
+    print(f"machine: {machine()}")
+    if args.generalisation:
+        generalisation_tables(args.data)
+    else:
+        cross_validation_table(args.data, args.folds)
+
+
+if __name__ == "__main__":
+    main()

@@ -316,3 +316,21 @@ def test_cluster_options_are_checked_with_one_clear_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.count("\n") == 0
     assert err.startswith("unmask prepare: error: cannot reach Dask scheduler at tcp://127.0.0.1:9: ")
+
+
+def test_check_on_a_cluster_gives_the_local_verdicts(tmp_path, scheduler, short_face_video, faceless_video,
+                                                     broken_files, capsys):
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    for name, source in (("face.mp4", short_face_video), ("empty.mp4", faceless_video),
+                         ("notes.mp4", broken_files["text"])):
+        (folder / name).write_bytes(source.read_bytes())
+    assert main(["check", str(folder), "--frames", "4", "--json"]) == 1  # one unreadable file
+    local = {Path(r["path"]).name: r for r in map(json.loads, capsys.readouterr().out.splitlines())}
+    assert main(["check", str(folder), "--frames", "4", "--json", "--scheduler", scheduler]) == 1
+    remote = {Path(r["path"]).name: r for r in map(json.loads, capsys.readouterr().out.splitlines())}
+    assert set(remote) == {"face.mp4", "empty.mp4", "notes.mp4"}
+    for name in remote:
+        assert remote[name]["verdict"] == local[name]["verdict"]
+        if local[name]["fake_probability"] is not None:
+            assert abs(remote[name]["fake_probability"] - local[name]["fake_probability"]) < 1e-4

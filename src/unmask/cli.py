@@ -455,13 +455,13 @@ def _check_command(parser: argparse.ArgumentParser):
     reports = parser.add_mutually_exclusive_group()
     reports.add_argument("--report", type=Path, metavar="FILE.html", help="write an HTML report (one video)")
     reports.add_argument("--report-dir", type=Path, metavar="DIR", help="write one HTML report per video here")
+    add_cluster_arguments(parser)
     return _run_check
 
 
 def _run_check(args: argparse.Namespace) -> int:
-    from unmask.check import ERROR, Checker, CheckSettings
+    from unmask.check import Checker, CheckSettings
     from unmask.datasets import find_videos
-    from unmask.report import write_report
 
     videos = []
     for path in args.paths:
@@ -478,21 +478,41 @@ def _run_check(args: argparse.Namespace) -> int:
     names: set[str] = set()
     errors = 0
     verdicts: dict[str, int] = {}
-    for video in videos:
-        result = checker.check(video)
-        verdicts[result.verdict] = verdicts.get(result.verdict, 0) + 1
-        errors += result.verdict == ERROR
-        target = args.report or (args.report_dir / _report_name(video, names) if args.report_dir else None)
-        report = write_report(target, result, checker) if target else None
-        if args.json:
-            print(json.dumps(result.to_json() | ({"report": str(report)} if report else {})), flush=True)
-        else:
-            print(_verdict_line(result, settings), flush=True)
-            if report:
-                print(f"  report: {report}", flush=True)
+    with _check_results(args, videos, checker, settings) as results:
+        for video, result in results:
+            errors += _show_check(args, video, result, checker, settings, names, verdicts)
     if not args.json and len(videos) > 1:
         print(f"{len(videos)} videos: " + ", ".join(f"{n} {v}" for v, n in sorted(verdicts.items())))
     return EXIT_NOTHING_DONE if errors else EXIT_OK
+
+
+@contextmanager
+def _check_results(args: argparse.Namespace, videos: list[Path], checker, settings):
+    """(video, result) pairs: checked here one by one, or on a Dask cluster as they finish."""
+    if not (args.scheduler or args.cluster):
+        yield ((video, checker.check(video)) for video in videos)
+        return
+    from unmask.distributed import check_on_cluster, cluster_client
+
+    with cluster_client(**cluster_options(args)) as client:
+        yield ((Path(r.path), r) for r in check_on_cluster(client, videos, args.model, settings))
+
+
+def _show_check(args, video: Path, result, checker, settings, names: set[str], verdicts: dict) -> bool:
+    """Print one result (and write its report); True when the video could not be checked."""
+    from unmask.check import ERROR
+    from unmask.report import write_report
+
+    verdicts[result.verdict] = verdicts.get(result.verdict, 0) + 1
+    target = args.report or (args.report_dir / _report_name(video, names) if args.report_dir else None)
+    report = write_report(target, result, checker) if target else None
+    if args.json:
+        print(json.dumps(result.to_json() | ({"report": str(report)} if report else {})), flush=True)
+    else:
+        print(_verdict_line(result, settings), flush=True)
+        if report:
+            print(f"  report: {report}", flush=True)
+    return result.verdict == ERROR
 
 
 def _report_name(video: Path, taken: set[str]) -> str:

@@ -167,35 +167,85 @@ def dask_runner(client, config: PrepareConfig, retries: int = 2, in_flight: int 
     times; a video whose worker keeps dying (the scheduler's bound) or that keeps raising
     becomes an "error" record with the reason, and the run goes on.
     """
-    from distributed import as_completed
 
     def run(videos: list[Video], shards_dir: Path) -> Iterator[dict]:
         shards_dir = Path(shards_dir).absolute()  # workers may run in another folder, on another host
-        todo = iter(videos)
-        pending: dict = {}
-        finished = as_completed()
-        capacity = _Capacity(client, in_flight)
-        run_id = uuid.uuid4().hex[:8]
-
-        def top_up() -> None:
-            for video in islice(todo, max(capacity() - len(pending), 0)):
-                video = replace(video, path=video.path.absolute())
-                # one task group ("prepare") for all videos: the scheduler then queues them and
-                # hands each worker one at a time, instead of piling them onto workers up front
-                future = client.submit(_process, video, config, shards_dir, retries=retries,
-                                       key=("prepare", f"{shard_id(video.key)}-{run_id}"))
-                pending[future] = video
-                finished.add(future)
-
-        top_up()
-        for future in finished:
-            video = pending.pop(future)
+        videos = (replace(video, path=video.path.absolute()) for video in videos)
+        for video, future in _bounded_tasks(client, _process, videos, "prepare", lambda v: shard_id(v.key),
+                                            (config, shards_dir), retries, in_flight):
             record = _outcome(future, video, config, shards_dir)
             future.release()
-            top_up()
             yield record
 
     return run
+
+
+def _bounded_tasks(client, task, items, group: str, name, args: tuple, retries: int, in_flight: int):
+    """Submit ``task(item, *args)`` for each item, a bounded number at a time; yield (item, future)
+    as they finish, so the client holds only what is in flight, whatever the number of items."""
+    from distributed import as_completed
+
+    todo = iter(items)
+    pending: dict = {}
+    finished = as_completed()
+    capacity = _Capacity(client, in_flight)
+    run_id = uuid.uuid4().hex[:8]
+
+    def top_up() -> None:
+        for item in islice(todo, max(capacity() - len(pending), 0)):
+            # one task group for all items: the scheduler then queues them and hands each
+            # worker one at a time, instead of piling them onto workers up front
+            future = client.submit(task, item, *args, retries=retries, key=(group, f"{name(item)}-{run_id}"))
+            pending[future] = item
+            finished.add(future)
+
+    top_up()
+    for future in finished:
+        item = pending.pop(future)
+        top_up()
+        yield item, future
+
+
+_checker: tuple | None = None
+"""(model path, settings, Checker) of this worker process."""
+
+
+def _check(path: Path, model: Path | None, settings) -> "CheckResult":
+    """One task: check one video on a worker, with the worker's own Checker."""
+    global _checker
+    from unmask.check import Checker
+
+    if _checker is None or _checker[:2] != (model, settings):
+        torch_threads_one()
+        _checker = (model, settings, Checker(model, settings))
+    return _checker[2].check(path)
+
+
+def torch_threads_one() -> None:
+    """Workers run one task per process: one torch thread each uses the cores without contention."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def check_on_cluster(client, paths: list[Path], model: Path | None, settings, retries: int = 2,
+                     in_flight: int = 64) -> Iterator:
+    """Check videos on the cluster behind ``client``; yield CheckResults as they finish.
+
+    A video whose worker dies every time becomes an ERROR result with the reason."""
+    from unmask.check import ERROR, CheckResult
+
+    paths = [Path(p).absolute() for p in paths]
+    model = Path(model).absolute() if model else None
+    for path, future in _bounded_tasks(client, _check, paths, "check", lambda p: shard_id(str(p)),
+                                       (model, settings), retries, in_flight):
+        try:
+            result = future.result()
+        except Exception as err:  # a dead worker or a bug on it: reported, the run goes on
+            result = CheckResult(path=str(path), verdict=ERROR, fake_probability=None, certainty="",
+                                 threshold=0.0, model={}, error=f"failed on the cluster: {type(err).__name__}: {err}")
+        future.release()
+        yield result
 
 
 class _Capacity:

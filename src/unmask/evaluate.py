@@ -13,7 +13,6 @@ import json
 import math
 import os
 import resource
-import tempfile
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -34,6 +33,7 @@ from sklearn.metrics import (
 )
 
 from unmask.errors import UnmaskError
+from unmask.store import atomic_path
 from unmask.registry import Registry
 from unmask.splits import LEAKY_SPLITS
 
@@ -437,13 +437,5 @@ def _plain(value: Any) -> Any:
 
 
 def _atomic_write(path: Path, data: str | bytes) -> None:
-    mode = "wb" if isinstance(data, bytes) else "w"
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, mode, **({} if mode == "wb" else {"encoding": "utf-8"})) as file:
-            file.write(data)
-        os.chmod(temp, 0o644)  # mkstemp makes it private; reports are meant to be shared
-        os.replace(temp, path)
-    except BaseException:
-        os.unlink(temp)
-        raise
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data) if isinstance(data, bytes) else tmp.write_text(data, encoding="utf-8")

@@ -9,6 +9,7 @@ commits the shards afterwards (``prepare_dataset`` does that), exactly as a loca
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import time
@@ -126,8 +127,10 @@ def cluster_client(scheduler: str | None = None, cluster: str | None = None, job
             # threshold; with it, every decoded frame is a fresh mmap whose pages fault in again
             # (measured: 4x the page faults, +30% CPU per video). See docs/cluster.md.
             with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+                # silence_logs: Dask's own warnings (a nanny killing a slow worker at shutdown)
+                # are not the user's business; failures reach them as error records
                 started = LocalCluster(n_workers=workers or os.cpu_count() or 1, threads_per_worker=1,
-                                       processes=True)
+                                       processes=True, silence_logs=logging.ERROR)
     with started, Client(started) as client:
         yield client
 

@@ -43,6 +43,7 @@ def _assert_verdict_shown(page) -> str:
     assert "16 frames, 1 face track" in page.inner_text("#verdict-facts")
     # the report is shown in the page, inside its frame (its banner left out: the card above says it)
     report = page.frame_locator("#report")
+    report.locator("img.plot").wait_for(timeout=30_000)  # the frame may still be loading its document
     assert report.locator("img.plot").count() == 1 and report.locator("figure.face").count() == 16
     assert report.locator(".banner").count() == 0 and report.locator(".gauge").count() == 1
     assert page.frames[1].title().endswith(f": {verdict}")

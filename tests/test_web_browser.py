@@ -53,6 +53,7 @@ def _assert_verdict_shown(page) -> str:
 
 def test_choose_a_file_and_see_the_verdict(page, short_face_video, web_server):
     assert page.is_visible("#drop") and page.is_hidden("#result")
+    page.wait_for_function("document.getElementById('model-name').textContent.includes('model:')")  # /api/health
     assert "MesoInception-4" in page.inner_text("#model-name")
     page.evaluate("""() => {
         window.statuses = [];

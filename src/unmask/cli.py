@@ -36,11 +36,24 @@ def _csv_list(text: str) -> list[str]:
     return [item.strip() for item in text.split(",") if item.strip()]
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def _ranged(convert: Callable[[str], float], low: float, high: float | None = None, above: bool = False):
+    """An argparse type: ``convert`` the text, then check ``low <= value <= high`` (``above``:
+    strictly over ``low``), so a bad number is one clear usage line."""
+    def parse(text: str):
+        value = convert(text)
+        if (value <= low if above else value < low) or (high is not None and value > high):
+            wanted = (f"over {low}" if above else f"at least {low}") if high is None else f"between {low} and {high}"
+            raise argparse.ArgumentTypeError(f"must be {wanted}, got {value}")
+        return value
+
+    parse.__name__ = convert.__name__  # argparse names the type in its "invalid ... value" message
+    return parse
+
+
+_positive_int = _ranged(int, 1)
+_probability = _ranged(float, 0.0, 1.0)
+_positive_float = _ranged(float, 0.0, above=True)
+_port = _ranged(int, 0, 65535)
 
 
 def _print_json(data) -> None:
@@ -414,27 +427,6 @@ def _run_models(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------- check / serve / sample
-def _probability(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
-    return value
-
-
-def _port(text: str) -> int:
-    value = int(text)
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 65535, got {value}")
-    return value
-
-
 @command("check")
 def _check_command(parser: argparse.ArgumentParser):
     """Check videos for deepfaked faces: a verdict per video (FAKE, REAL or NO FACE FOUND) with its probability."""

@@ -1,5 +1,7 @@
 """train / evaluate / tune end to end on a small generated face store."""
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -143,6 +145,36 @@ def test_cnn_trains_saves_as_safetensors_and_reloads(store, tmp_path, capsys):
     first = model.fake_probability(store.faces[:6])
     again = load_model(tmp_path / "m").fake_probability(store.faces[:6])
     assert np.allclose(first, again) and ((first >= 0) & (first <= 1)).all()
+
+
+def torchrun_train(store, out, *options):
+    """``unmask train`` in 2 processes started by torchrun (the command docs/cluster.md gives)."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+               "-m", "unmask", "train", store.root, "--out", out, "--json", *options]
+    return subprocess.run([str(part) for part in command], capture_output=True, text=True, timeout=300)
+
+
+def test_cnn_trains_under_torchrun_and_rank_0_alone_writes(store, tmp_path):
+    done = torchrun_train(store, tmp_path / "m", "--model", "resnet-small", "--param", "epochs=2",
+                          "--param", "input_size=32", "--param", "batch_size=8", "--split", "videos")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)  # one JSON document: only rank 0 spoke
+    assert result["metrics"]["frame"]["n"] > 0
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["card.json", "model.safetensors"]
+    card = json.loads((tmp_path / "m" / "card.json").read_text())
+    assert card["training"]["processes"] == 2
+    probabilities = load_model(tmp_path / "m").fake_probability(store.faces[:4])
+    assert ((probabilities >= 0) & (probabilities <= 1)).all()
+
+
+def test_torchrun_refuses_scikit_learn_models_with_one_line(store, tmp_path):
+    done = torchrun_train(store, tmp_path / "m", "--model", "rf", "--features", "pixels-small", "--split", "videos")
+    assert done.returncode != 0
+    assert done.stderr.count("unmask train: error: torchrun trains the CNN models; rf is a scikit-learn model") == 2
+    # torchrun then reports the failed processes with its own traceback; none comes from unmask.
+    frames = [line for line in done.stderr.splitlines() if line.strip().startswith("File ")]
+    assert frames and not [line for line in frames if "unmask" in line]
+    assert not (tmp_path / "m").exists()
 
 
 def test_tune_runs_its_forest_work_on_a_dask_cluster(store, capsys):

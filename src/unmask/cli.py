@@ -293,6 +293,7 @@ def _train_command(parser: argparse.ArgumentParser):
 
 
 def _run_train(args: argparse.Namespace) -> int:
+    from unmask.distributed import torch_process_group
     from unmask.store import FaceStore
     from unmask.train import train
 
@@ -300,12 +301,16 @@ def _run_train(args: argparse.Namespace) -> int:
     options = _options(args, split=args.split, calibrate=args.calibrate, title=args.title)
 
     def on_fold(number: int, fold: dict) -> None:
+        if rank != 0:
+            return
         video = fold["metrics"]["video"]
         print(f"fold {number + 1}/{args.folds}: frame AUC {_fmt(fold['metrics']['frame']['roc_auc'])}, "
               f"video AUC {_fmt(video['roc_auc'])}, fit {fold['fit_s']:.1f} s", file=sys.stderr)
 
-    with _joblib_cluster(args):
+    with torch_process_group() as (rank, _), _joblib_cluster(args):
         result = train(store, options, args.out, args.report, on_fold=on_fold)
+    if rank != 0:  # under torchrun, rank 0 speaks for all
+        return EXIT_OK
     if args.json:
         _print_json({"model_dir": str(result.model_dir), "metrics": result.metrics, "cross_validation": result.cv,
                      "threshold": result.card["threshold"]})

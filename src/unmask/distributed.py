@@ -5,6 +5,10 @@ Each task processes one video and its worker writes that video's shard straight 
 shared output folder; only the small video record travels back, and only a bounded number
 of tasks is in flight, so the client's memory does not grow with the dataset. The client
 commits the shards afterwards (``prepare_dataset`` does that), exactly as a local run does.
+
+Training scales out too: scikit-learn's joblib work runs on the same Dask clusters
+(``joblib_on_cluster``), and the CNN trains with PyTorch's DistributedDataParallel in the
+process group ``torchrun`` starts (``torch_process_group``).
 """
 from __future__ import annotations
 
@@ -324,3 +328,40 @@ def joblib_on_cluster(client) -> Iterator[None]:
 
     with joblib.parallel_backend("dask", client=client):
         yield
+
+
+def torch_world() -> tuple[int, int]:
+    """(rank, number of processes) of the ``torch.distributed`` group this process trains in; (0, 1) alone."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+@contextmanager
+def torch_process_group() -> Iterator[tuple[int, int]]:
+    """Join the process group that ``torchrun`` describes in the environment (RANK, WORLD_SIZE,
+    MASTER_ADDR, ...) for the duration; yield (rank, number of processes).
+
+    GPUs: one per process (``cuda:$LOCAL_RANK``), NCCL between them; CPU tensors go through gloo.
+    Outside torchrun (or with one process) nothing is started and this yields (0, 1).
+    """
+    import torch
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        yield torch_world()
+        return
+    if not dist.is_available():
+        raise UnmaskError("this build of PyTorch has no torch.distributed; run without torchrun")
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    try:
+        dist.init_process_group("cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo")
+    except (ValueError, RuntimeError) as err:
+        raise UnmaskError(f"cannot join the torchrun process group: {str(err).splitlines()[0]}") from None
+    try:
+        yield torch_world()
+    finally:
+        dist.destroy_process_group()

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from unmask.distributed import torch_world
 from unmask.errors import UnmaskError
 from unmask.evaluate import choose_threshold, evaluate_scores, measure_usage, save_plots, write_report
 from unmask.models import check_fit_memory, create_model
@@ -135,13 +136,20 @@ class TrainResult:
 
 def train(store: FaceStore, options: TrainOptions, out_dir: Path, report_dir: Path | None = None,
           on_fold: Callable[[int, dict], None] | None = None) -> TrainResult:
-    """Fit a model, report on its held-out part (or by cross-validation), and save it with its card."""
+    """Fit a model, report on its held-out part (or by cross-validation), and save it with its card.
+
+    Under ``torchrun`` every process runs this: the CNN fits train together, and rank 0 writes.
+    """
     if options.split not in SPLIT_CHOICES:
         raise UnmaskError(f"unknown split {options.split!r}; choose one of: {', '.join(SPLIT_CHOICES)}")
     if len(store) == 0:
         raise UnmaskError(f"{store.root} holds no faces")
     train_rows, val_rows, test_rows = _split(store, options.split, options.seed)
     _check_memory(options, store, len(train_rows))
+    rank, processes = torch_world()
+    if processes > 1 and not hasattr(build_estimator(options), "weights"):
+        raise UnmaskError(f"torchrun trains the CNN models; {options.model} is a scikit-learn model: train it in "
+                          "one process (with --scheduler or --cluster to use a Dask cluster)")
     cv = cross_validate(store, options, on_fold=on_fold) if options.split == "cv" else None
 
     estimator = build_estimator(options)
@@ -165,6 +173,8 @@ def train(store: FaceStore, options: TrainOptions, out_dir: Path, report_dir: Pa
         metrics = evaluate_scores(store.table.iloc[test_rows], p_fake, threshold, options.aggregate)
         usage["evaluate"] = eval_usage
     card = _card(estimator, store, options, fit_rows, test_rows, calibration, threshold, metrics, cv, usage)
+    if rank != 0:
+        return TrainResult(Path(out_dir), card, metrics, cv)
     save_model(estimator, out_dir, card)
     reported = metrics if metrics is not None else (cv or {}).get("pooled_out_of_fold")
     if report_dir is not None and reported is not None:
@@ -199,6 +209,7 @@ def _card(estimator, store, options, fit_rows, test_rows, calibration, threshold
             "test_data": data_summary(store.table.iloc[test_rows]) if test_rows.size else None,
             "frames": store.settings["frames"],
             "usage": {name: u.as_dict() for name, u in usage.items()},
+            "processes": torch_world()[1],  # > 1: DistributedDataParallel under torchrun
         },
         "metrics": metrics,
         "cross_validation": cv,

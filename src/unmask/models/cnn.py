@@ -5,7 +5,8 @@ CLI, cross-validation and the model card treat every model alike. It trains on C
 present (mixed precision) and on all CPU cores otherwise, streams the face array batch by
 batch (it is often a memmap larger than memory), can turn real faces into self-blended
 fakes on the fly, stops early on an identity-grouped validation split, and resumes from
-per-epoch checkpoints.
+per-epoch checkpoints. Inside a ``torch.distributed`` group (``torchrun``) it trains with
+DistributedDataParallel: each process takes its share of every epoch and gradients are averaged.
 
 Networks live in ``ARCHITECTURES``: the MesoNet ports (``unmask.models.mesonet``; the
 authors' weights with ``init="released"``) and ``resnet-small``, a compact residual net that
@@ -31,16 +32,20 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from scipy.special import expit
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.metrics import roc_auc_score
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
 from unmask.augment import Augmenter
 from unmask.config import resolve_device
+from unmask.distributed import torch_world
 from unmask.errors import UnmaskError
 from unmask.models import MODELS
 from unmask.models.mesonet import Meso4, MesoInception4, load_released
@@ -321,7 +326,7 @@ class TorchFaceClassifier(ClassifierMixin, BaseEstimator):
         up to 8 on GPU (augmentation is then the bottleneck).
 
     Fitted attributes: ``net_`` (the torch module, eval mode), ``classes_``, ``history_`` (one dict per
-    epoch: loss, val_auc, faces, synth, seconds), ``best_epoch_`` and ``val_auc_`` (None without
+    epoch: loss, val_auc, faces, synth, processes, seconds; faces and loss over all processes), ``best_epoch_`` and ``val_auc_`` (None without
     validation).
     """
 
@@ -417,6 +422,9 @@ class TorchFaceClassifier(ClassifierMixin, BaseEstimator):
         with torch.random.fork_rng(devices=cuda_devices):
             torch.manual_seed(self.seed)
             net = arch.released() if self.init == "released" else arch.build()
+            rank = torch_world()[0]
+            if rank:  # replicas start from rank 0's weights (DDP copies them); their dropout differs
+                torch.manual_seed(int(np.random.SeedSequence([self.seed, rank]).generate_state(1)[0]))
             return self._train(arch, net.to(device, memory_format=torch.channels_last), X, y, keypoints,
                                synth_ratio, train, validation)
 
@@ -459,13 +467,17 @@ class TorchFaceClassifier(ClassifierMixin, BaseEstimator):
         training (not ``epochs``, which may grow) and the shape of the data."""
         params = {k: v for k, v in self.get_params().items()
                   if k not in ("epochs", "patience", "device", "checkpoint_dir", "progress", "num_workers")}
-        params.update(synth_ratio=synth_ratio, faces=list(X.shape), fakes=int(y.sum()))
+        params.update(synth_ratio=synth_ratio, faces=list(X.shape), fakes=int(y.sum()), processes=torch_world()[1])
         return json.dumps(params, sort_keys=True, default=str)
 
     def _train(self, arch: Architecture, net: nn.Module, X: np.ndarray, y: np.ndarray,
                keypoints: np.ndarray | None, synth_ratio: float, train: np.ndarray,
                validation: tuple[np.ndarray, np.ndarray] | None) -> TorchFaceClassifier:
         device = next(net.parameters()).device
+        rank, processes = torch_world()
+        # Under torchrun: one replica per process, gradients averaged across processes at each step.
+        model = net if processes == 1 else DistributedDataParallel(
+            net, device_ids=[device.index] if device.type == "cuda" else None)
         lr = self.lr if self.lr is not None else (1e-4 if self.init == "released" else 1e-3)
         optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=self.weight_decay)
         amp_dtype = _amp_dtype(device)
@@ -482,8 +494,10 @@ class TorchFaceClassifier(ClassifierMixin, BaseEstimator):
         checkpoint = None if self.checkpoint_dir is None else Path(self.checkpoint_dir) / "checkpoint.pt"
         if checkpoint is not None and checkpoint.exists():
             state = self._resume(checkpoint, fingerprint, net, optimizer, scaler)
-        steps = len(_chunks(train, self.batch_size))
-        bar = tqdm(total=max(0, self.epochs - state["epoch"]) * steps, disable=not self.progress, file=sys.stderr,
+        share = len(DistributedSampler(train, num_replicas=processes, rank=rank, shuffle=False))
+        steps = -(-share // self.batch_size)
+        bar = tqdm(total=max(0, self.epochs - state["epoch"]) * steps, disable=not self.progress or rank != 0,
+                   file=sys.stderr,
                    unit="batch", desc=self.arch, dynamic_ncols=True)
         with bar:
             for epoch in range(state["epoch"], self.epochs):
@@ -491,14 +505,18 @@ class TorchFaceClassifier(ClassifierMixin, BaseEstimator):
                     break
                 started = time.perf_counter()
                 order = np.random.default_rng([self.seed, epoch]).permutation(train)
-                jobs = [(chunk, epoch, number) for number, chunk in enumerate(_chunks(order, self.batch_size))]
-                net.train()
+                # This process's share of the epoch (DistributedSampler pads it so every process
+                # takes as many steps); batch k of all processes together is order[k*B*P:(k+1)*B*P].
+                mine = order[list(DistributedSampler(order, num_replicas=processes, rank=rank, shuffle=False))]
+                jobs = [(chunk, epoch, number * processes + rank)
+                        for number, chunk in enumerate(_chunks(mine, self.batch_size))]
+                model.train()
                 total_loss, seen, blended = 0.0, 0, 0
                 for faces, labels, n_blended in _prefetched(batches.training, jobs, workers):
                     inputs = self._tensor(faces, arch, device)
                     targets = torch.from_numpy(labels).to(device)
                     with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                        logits = arch.logit_sign * net(inputs).float()
+                        logits = arch.logit_sign * model(inputs).float()
                     losses = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
                     loss = (losses * class_weight[targets.long()]).mean()
                     optimizer.zero_grad(set_to_none=True)
@@ -510,10 +528,14 @@ class TorchFaceClassifier(ClassifierMixin, BaseEstimator):
                     blended += n_blended
                     bar.update()
                     bar.set_postfix(epoch=epoch + 1, loss=f"{total_loss / seen:.4f}", refresh=False)
+                if processes > 1:
+                    total_loss, seen, blended = _sum_over_processes((total_loss, seen, blended), device)
+                    for buffer in net.buffers():  # batch-norm statistics: rank 0's everywhere
+                        dist.broadcast(buffer, 0)
                 val_auc = None if validation is None else self._validate(net, arch, batches, validation, workers)
                 state["epoch"] = epoch + 1
                 state["history"].append({"epoch": epoch + 1, "loss": total_loss / seen, "val_auc": val_auc,
-                                         "faces": seen, "synth": blended,
+                                         "faces": int(seen), "synth": int(blended), "processes": processes,
                                          "seconds": round(time.perf_counter() - started, 3)})
                 if val_auc is not None:
                     if state["best_auc"] is None or val_auc > state["best_auc"]:
@@ -522,7 +544,7 @@ class TorchFaceClassifier(ClassifierMixin, BaseEstimator):
                     else:
                         state["bad_epochs"] += 1
                     bar.set_postfix(epoch=epoch + 1, loss=f"{total_loss / seen:.4f}", val_auc=f"{val_auc:.4f}")
-                if checkpoint is not None:
+                if checkpoint is not None and rank == 0:
                     self._save(checkpoint, fingerprint, net, optimizer, scaler, state)
         if state["best_state"] is not None:
             net.load_state_dict(state["best_state"])
@@ -530,17 +552,23 @@ class TorchFaceClassifier(ClassifierMixin, BaseEstimator):
 
     def _validate(self, net: nn.Module, arch: Architecture, batches: _Batches,
                   validation: tuple[np.ndarray, np.ndarray], workers: int) -> float:
+        rank, processes = torch_world()
         indices, as_fake = validation
         size = self.batch_size
-        jobs = zip(_chunks(indices, size), _chunks(as_fake, size))
-        scores, labels = [], []
+        # Each process scores its share; all then judge the same gathered scores, so all stop alike.
+        jobs = zip(_chunks(indices[rank::processes], size), _chunks(as_fake[rank::processes], size))
+        scores, labels = [np.empty(0, np.float32)], [np.empty(0, np.float32)]
         net.eval()
         device = next(net.parameters()).device
         with torch.inference_mode():
             for faces, batch_labels in _prefetched(batches.validation, jobs, workers):
                 scores.append(self._logits(net, arch, faces, device))
                 labels.append(batch_labels)
-        return float(roc_auc_score(np.concatenate(labels), np.concatenate(scores)))
+        shares = [(np.concatenate(scores), np.concatenate(labels))]
+        if processes > 1:
+            mine, shares = shares[0], [None] * processes
+            dist.all_gather_object(shares, mine)
+        return float(roc_auc_score(np.concatenate([l for _, l in shares]), np.concatenate([s for s, _ in shares])))
 
     def _save(self, path: Path, fingerprint: str, net: nn.Module, optimizer: torch.optim.Optimizer,
               scaler: torch.amp.GradScaler, state: dict[str, Any]) -> None:
@@ -683,6 +711,12 @@ def _amp_dtype(device: torch.device) -> torch.dtype | None:
     if device.type != "cuda":
         return None
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def _sum_over_processes(values: tuple[float, ...], device: torch.device) -> tuple[float, ...]:
+    totals = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(totals)
+    return tuple(totals.tolist())
 
 
 def _cpu_state(net: nn.Module) -> dict[str, torch.Tensor]:

@@ -96,7 +96,7 @@ def short_face_video(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def released_model(tmp_path_factory) -> Path:
     """A real CNN model folder: the authors' released MesoInception-4 weights (shipped in the
-    package) saved as `unmask train` saves models, as the interim default model is made."""
+    package) saved as `unmask train --param epochs=0` saves them; one net, half the default's work."""
     from unmask.models.cnn import TorchFaceClassifier
     from unmask.models.io import save_model
 

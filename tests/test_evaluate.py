@@ -1,4 +1,5 @@
 import json
+import mmap
 import time
 
 import numpy as np
@@ -111,12 +112,15 @@ def test_chosen_threshold_separates_separable_scores():
 
 def test_measure_usage_sees_time_cpu_and_memory():
     with measure_usage() as usage:
-        block = np.ones(100 * 2**20 // 8)  # 100 MB, touched
+        # 100 MB of fresh pages, touched. An anonymous map, not np.ones: malloc may hand back memory
+        # that earlier tests freed but that is still resident, and then RSS does not move.
+        block = mmap.mmap(-1, 100 * 2**20)
+        np.frombuffer(block, np.uint8)[:] = 1
         time.sleep(0.1)  # the sampler thread gets the GIL at least once while the block lives
         deadline = time.process_time() + 0.2
         while time.process_time() < deadline:
             pass
-        del block
+        block.close()
     assert usage.wall_s >= 0.2 and usage.cpu_s >= 0.2
     assert usage.peak_rss_mb - usage.start_rss_mb >= 80
     assert usage.lifetime_peak_rss_mb >= usage.peak_rss_mb * 0.9

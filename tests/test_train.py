@@ -147,6 +147,19 @@ def test_cnn_trains_saves_as_safetensors_and_reloads(store, tmp_path, capsys):
     assert np.allclose(first, again) and ((first >= 0) & (first <= 1)).all()
 
 
+def test_mesonet_ensemble_is_a_model_like_any_other(store, tmp_path, capsys):
+    code, out, _ = run(capsys, "train", store.root, "--model", "mesonet-ensemble", "--split", "cv", "--folds", "2",
+                       "--out", tmp_path / "m", "--json")
+    assert code == 0
+    result = json.loads(out)
+    assert len(result["cross_validation"]["folds"]) == 2
+    card = json.loads((tmp_path / "m" / "card.json").read_text())
+    assert card["kind"] == "torch" and card["estimator"]["params"]["archs"] == ["mesoinception4", "meso4"]
+    assert card["input"]["input_size"] == 256 and card["input"]["crop_margin"] == 0.3
+    code, out, _ = run(capsys, "evaluate", tmp_path / "m", store.root, "--json")
+    assert code == 0 and json.loads(out)["metrics"]["frame"]["n"] == len(store)
+
+
 def torchrun_train(store, out, *options):
     """``unmask train`` in 2 processes started by torchrun (the command docs/cluster.md gives)."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",

@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from itertools import islice
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -31,6 +32,9 @@ from unmask.datasets import Video
 from unmask.errors import UnmaskError
 from unmask.prepare import _video_record, make_detector, process_and_write
 from unmask.store import VIDEO_COLUMNS, Shard, shard_id, write_shard
+
+if TYPE_CHECKING:  # check loads the detector and the model; workers import it when they check
+    from unmask.check import CheckResult
 
 QUEUE_CLUSTERS = {"slurm": "SLURMCluster", "lsf": "LSFCluster", "pbs": "PBSCluster"}
 Runner = Callable[[list[Video], Path], Iterable[dict]]
@@ -217,7 +221,7 @@ _checker: tuple | None = None
 """(model path, settings, Checker) of this worker process."""
 
 
-def _check(path: Path, model: Path | None, settings) -> "CheckResult":
+def _check(path: Path, model: Path | None, settings) -> CheckResult:
     """One task: check one video on a worker, with the worker's own Checker."""
     global _checker
     from unmask.check import Checker

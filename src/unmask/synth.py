@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
-
 import numpy as np
 
 from unmask.augment import adjust_colors, jpeg_roundtrip
+
+if TYPE_CHECKING:  # the store module is imported where a store is made, not with synth
+    from unmask.store import FaceStore
 
 KINDS = ("sbi", "swap")
 
@@ -283,8 +285,8 @@ def real_sources(folder: Path) -> list:
                   ids=identity_token(p.relative_to(folder).as_posix())) for p in paths]
 
 
-def synthesize_store(real: "FaceStore", out: Path, kinds: Sequence[str] = KINDS, per_face: int = 1,
-                     seed: int = 0) -> "FaceStore":
+def synthesize_store(real: FaceStore, out: Path, kinds: Sequence[str] = KINDS, per_face: int = 1,
+                     seed: int = 0) -> FaceStore:
     """A labelled training store: the real faces of ``real`` plus fakes made from them.
 
     A fake keeps its target's identity (a swap links target and source, like FF++'s
@@ -315,7 +317,9 @@ def synthesize_store(real: "FaceStore", out: Path, kinds: Sequence[str] = KINDS,
             for number in by_target.get(int(position), []):
                 record = records[number]
                 source = record["source"]
-                ids = rows.loc[position, "ids"] if source is None else f"{rows.loc[position, 'ids']}_{table.loc[source, 'ids']}"
+                ids = rows.loc[position, "ids"]
+                if source is not None:
+                    ids = f"{ids}_{table.loc[source, 'ids']}"
                 fake_rows.append({**rows.loc[position].to_dict(), "video": fake_key, "label": 1,
                                   "method": record["kind"], "ids": ids})
                 fake_faces.append(fakes[number])

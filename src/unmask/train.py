@@ -182,9 +182,9 @@ def train(store: FaceStore, options: TrainOptions, out_dir: Path, report_dir: Pa
                    "data": str(store.root), "model_dir": str(out_dir),
                    "scored_faces": int(test_rows.size) if metrics is not None else len(store.table)}
         if cv:
+            spreads = ", ".join(f"{k} {v['mean']:.3f} ± {v['std']:.3f}" for k, v in cv["summary"].items())
             context["cross_validation"] = (f"identity-grouped {options.folds}-fold; metrics below pool the "
-                                           "out-of-fold scores; per-fold mean ± std: " + ", ".join(
-                                               f"{k} {v['mean']:.3f} ± {v['std']:.3f}" for k, v in cv["summary"].items()))
+                                           f"out-of-fold scores; per-fold mean ± std: {spreads}")
         write_report(report_dir, reported, usage, context, save_plots(reported, report_dir))
     return TrainResult(Path(out_dir), card, metrics, cv)
 

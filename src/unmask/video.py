@@ -189,7 +189,8 @@ def write_video(path: Path, frames, fps: int = 25, codec: str = "libx264", rotat
         if rotation:
             stream.set_display_rotation(rotation)
         for image in frames:
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image[: stream.height, : stream.width]), format="rgb24")
+            pixels = np.ascontiguousarray(image[: stream.height, : stream.width])
+            frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
             for packet in stream.encode(frame):
                 container.mux(packet)
         for packet in stream.encode():

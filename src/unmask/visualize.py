@@ -41,8 +41,8 @@ def contact_sheet(store: FaceStore, path: Path, videos_per_class: int = 4, seed:
                 axis.set_title(f"frame {int(face['frame'])}  {face['confidence']:.3f}", fontsize=6)
         first = rows.iloc[0]
         kind = LABEL_NAMES[int(label)].upper() + (f" {first['method']}" if label else "")
-        axes[r][0].set_ylabel(f"{kind}\n{first['compression']} {Path(video).name[-22:]}", fontsize=7, rotation=0, ha="right", va="center",
-                              color="#b00020" if label else "#1b5e20")
+        axes[r][0].set_ylabel(f"{kind}\n{first['compression']} {Path(video).name[-22:]}", fontsize=7, rotation=0,
+                              ha="right", va="center", color="#b00020" if label else "#1b5e20")
     figure.suptitle(f"{store.root.name}: {len(table)} faces from {table['video'].nunique()} videos "
                     f"(MTCNN confidence shown)", fontsize=9)
     figure.tight_layout()

@@ -6,7 +6,8 @@ from faces to ``predict_proba`` and can be cross-validated or saved as a whole.
 
 Model modules register their builders in ``MODELS`` when imported; every module in
 ``MODEL_MODULES`` is imported with this package, so all models are always listed
-(scikit-learn ones in ``unmask.models.classical``, torch ones in ``unmask.models.cnn``).
+(scikit-learn ones in ``unmask.models.classical``, torch ones in ``unmask.models.cnn`` and
+``unmask.models.ensemble``).
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ MODELS: Registry[Any] = Registry("model")
 FIT_MEMORY: dict[str, Callable[[int, int], int]] = {}
 """model name -> f(n_samples, n_features) giving peak bytes to fit it; see ``estimate_fit_memory``."""
 
-MODEL_MODULES: tuple[str, ...] = ("unmask.models.classical", "unmask.models.cnn")
+MODEL_MODULES: tuple[str, ...] = ("unmask.models.classical", "unmask.models.cnn", "unmask.models.ensemble")
 """Modules that register models when imported."""
 
 

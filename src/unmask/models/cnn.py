@@ -131,8 +131,8 @@ class _FastMesoNet(nn.Module):
 MESONET_MARGIN = 0.3
 
 
-@ARCHITECTURES.register("meso4", help="Meso-4 (Afchar et al. 2018), 28k parameters, 256 px; --init released: "
-                                      "the authors' Deepfake weights")
+@ARCHITECTURES.register("meso4", help="Meso-4 (Afchar et al. 2018), 28k parameters, 256 px; "
+                                      "--param init=released: the authors' Deepfakes weights")
 def _meso4() -> Architecture:
     return Architecture(build=Meso4, input_size=256, fixed_size=True, logit_sign=-1.0, mean=None, std=None,
                         crop_margin=MESONET_MARGIN, cam_layer="block4", released=lambda: load_released("meso4"),
@@ -140,7 +140,7 @@ def _meso4() -> Architecture:
 
 
 @ARCHITECTURES.register("mesoinception4", help="MesoInception-4 (Afchar et al. 2018), 28k parameters, 256 px; "
-                                               "--init released: the authors' Deepfake weights")
+                                               "--param init=released: the authors' Deepfakes weights")
 def _mesoinception4() -> Architecture:
     return Architecture(build=MesoInception4, input_size=256, fixed_size=True, logit_sign=-1.0, mean=None, std=None,
                         crop_margin=MESONET_MARGIN, cam_layer="block4",
@@ -298,7 +298,20 @@ def _chunks(items: np.ndarray, size: int) -> list[np.ndarray]:
     return [items[start:start + size] for start in range(0, len(items), size)]
 
 
-class TorchFaceClassifier(ClassifierMixin, BaseEstimator):
+class LogitClassifierMixin(ClassifierMixin):
+    """``predict_proba`` and ``predict`` of a detector whose ``decision_function`` is the logit of P(fake)."""
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        """(N, 2) float64: columns P(real), P(fake)."""
+        fake = expit(self.decision_function(X).astype(np.float64))
+        return np.column_stack([1.0 - fake, fake])
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """1 (fake) where P(fake) > 0.5, else 0."""
+        return (self.decision_function(X) > 0).astype(np.int64)
+
+
+class TorchFaceClassifier(LogitClassifierMixin, BaseEstimator):
     """A CNN deepfake detector with the scikit-learn interface; ``classes_`` are [0 real, 1 fake].
 
     Parameters
@@ -326,8 +339,8 @@ class TorchFaceClassifier(ClassifierMixin, BaseEstimator):
         up to 8 on GPU (augmentation is then the bottleneck).
 
     Fitted attributes: ``net_`` (the torch module, eval mode), ``classes_``, ``history_`` (one dict per
-    epoch: loss, val_auc, faces, synth, processes, seconds; faces and loss over all processes), ``best_epoch_`` and ``val_auc_`` (None without
-    validation).
+    epoch: loss, val_auc, faces, synth, processes, seconds; faces and loss over all processes),
+    ``best_epoch_`` and ``val_auc_`` (None without validation).
     """
 
     def __init__(self, arch: str = "resnet-small", init: str = "scratch", input_size: int | None = None,
@@ -497,8 +510,7 @@ class TorchFaceClassifier(ClassifierMixin, BaseEstimator):
         share = len(DistributedSampler(train, num_replicas=processes, rank=rank, shuffle=False))
         steps = -(-share // self.batch_size)
         bar = tqdm(total=max(0, self.epochs - state["epoch"]) * steps, disable=not self.progress or rank != 0,
-                   file=sys.stderr,
-                   unit="batch", desc=self.arch, dynamic_ncols=True)
+                   file=sys.stderr, unit="batch", desc=self.arch, dynamic_ncols=True)
         with bar:
             for epoch in range(state["epoch"], self.epochs):
                 if validation is not None and state["bad_epochs"] >= self.patience:
@@ -568,7 +580,8 @@ class TorchFaceClassifier(ClassifierMixin, BaseEstimator):
         if processes > 1:
             mine, shares = shares[0], [None] * processes
             dist.all_gather_object(shares, mine)
-        return float(roc_auc_score(np.concatenate([l for _, l in shares]), np.concatenate([s for s, _ in shares])))
+        scores, labels = zip(*shares)
+        return float(roc_auc_score(np.concatenate(labels), np.concatenate(scores)))
 
     def _save(self, path: Path, fingerprint: str, net: nn.Module, optimizer: torch.optim.Optimizer,
               scaler: torch.amp.GradScaler, state: dict[str, Any]) -> None:
@@ -644,15 +657,6 @@ class TorchFaceClassifier(ClassifierMixin, BaseEstimator):
                 out.append(self._logits(self.net_, arch, faces, device))
         return np.concatenate(out).astype(np.float32)
 
-    def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        """(N, 2) float64: columns P(real), P(fake)."""
-        fake = expit(self.decision_function(X).astype(np.float64))
-        return np.column_stack([1.0 - fake, fake])
-
-    def predict(self, X: np.ndarray) -> np.ndarray:
-        """1 (fake) where P(fake) > 0.5, else 0."""
-        return (self.decision_function(X) > 0).astype(np.int64)
-
     def gradcam(self, X: np.ndarray, layer: str | None = None) -> np.ndarray:
         """Grad-CAM heatmaps of what raised the fake score: (N, H, W) float32 in [0, 1] at the
         crops' own size, to lay over them.
@@ -724,10 +728,15 @@ def _cpu_state(net: nn.Module) -> dict[str, torch.Tensor]:
     return {name: tensor.detach().to("cpu", copy=True).contiguous() for name, tensor in net.state_dict().items()}
 
 
+def images_only(features: Any) -> None:
+    """CNN builders take ``features`` like every model builder; only the images themselves will do."""
+    if features not in (None, "image"):
+        raise UnmaskError("CNN models take face images, not --features")
+
+
 def _model_builder(arch: str) -> Callable[..., TorchFaceClassifier]:
     def build(features: Any = None, random_state: int = 42, **params: Any) -> TorchFaceClassifier:
-        if features not in (None, "image"):
-            raise UnmaskError("CNN models take face images, not --features")
+        images_only(features)
         return TorchFaceClassifier(arch=arch, seed=random_state, **params)
 
     return build

@@ -278,7 +278,13 @@ def _options(args: argparse.Namespace, **extra):
 
 @command("train")
 def _train_command(parser: argparse.ArgumentParser):
-    """Fit a model on a face store, report on held-out faces, save it with a model card."""
+    """Fit a model on a face store, report on held-out faces, save it with a model card.
+
+    CNN models train on a CUDA GPU when present, else on all CPU cores. Under torchrun they train
+    with DistributedDataParallel, one process per GPU or core, and rank 0 writes the model:
+    `torchrun --standalone --nproc-per-node=2 --no-python unmask train faces/ --model meso4 --out m/`
+    (docs/cluster.md).
+    """
     _add_model_arguments(parser)
     parser.add_argument("--split", default="official",
                         help="official (FF++ lists), videos (identity-grouped 80/20), frames (the study's "

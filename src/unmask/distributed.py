@@ -354,11 +354,14 @@ def torch_process_group() -> Iterator[tuple[int, int]]:
     import torch
     import torch.distributed as dist
 
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
-        yield torch_world()
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        yield 0, 1
         return
     if not dist.is_available():
         raise UnmaskError("this build of PyTorch has no torch.distributed; run without torchrun")
+    if dist.is_initialized():  # the caller's own group
+        yield torch_world()
+        return
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     try:

@@ -146,13 +146,13 @@ def train(store: FaceStore, options: TrainOptions, out_dir: Path, report_dir: Pa
         raise UnmaskError(f"{store.root} holds no faces")
     train_rows, val_rows, test_rows = _split(store, options.split, options.seed)
     _check_memory(options, store, len(train_rows))
+    estimator = build_estimator(options)
     rank, processes = torch_world()
-    if processes > 1 and not hasattr(build_estimator(options), "weights"):
+    if processes > 1 and not hasattr(estimator, "weights"):
         raise UnmaskError(f"torchrun trains the CNN models; {options.model} is a scikit-learn model: train it in "
                           "one process (with --scheduler or --cluster to use a Dask cluster)")
     cv = cross_validate(store, options, on_fold=on_fold) if options.split == "cv" else None
 
-    estimator = build_estimator(options)
     calibration, threshold = None, 0.5
     fit_rows = train_rows
     if options.calibrate:

@@ -18,11 +18,12 @@ import numpy as np
 from common import REPO, SHARED_DATA, machine, markdown_table, require
 from unmask.config import preset
 from unmask.datasets import open_dataset
-from unmask.evaluate import evaluate_scores, measure_usage
+from unmask.evaluate import evaluate_scores
 from unmask.prepare import prepare_dataset
 from unmask.splits import split_indices
 from unmask.store import FaceStore
 from unmask.train import TrainOptions, build_estimator, cross_validate, fit_estimator, predict_fake
+from unmask.usage import measure_usage
 
 RECIPES = [
     ("seed: pixels + random forest (100 trees)", TrainOptions(model="rf", features="pixels")),

@@ -20,8 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -31,12 +29,13 @@ from dataclasses import replace
 from itertools import cycle, islice
 from pathlib import Path
 
+from common import SHARED_DATA, machine, peak_rss_mb
 from unmask.config import preset
 from unmask.datasets import open_dataset
 from unmask.distributed import cluster_client, dask_runner
 from unmask.prepare import prepare_dataset
 
-SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ffpp-sample"
+SAMPLE = SHARED_DATA / "ffpp-sample"
 CLUSTER_SETTINGS = """\
 distributed:
   scheduler:
@@ -66,17 +65,6 @@ def replicate(count: int, folder: Path) -> Path:
         link.parent.mkdir(parents=True, exist_ok=True)
         link.symlink_to(path.resolve())
     return folder
-
-
-def machine() -> str:
-    model = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-                 if line.startswith("model name")]
-        model = names[0] if names else model
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    return f"{model}, {os.cpu_count()} cores, Python {platform.python_version()}, load average at start {load}"
 
 
 @contextmanager
@@ -163,25 +151,21 @@ def race(engines: dict, dataset: Path, count: int, args, folder: Path) -> dict:
     return results
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-
-
 def client_run(address: str, dataset: Path, out: Path, frames: int, size: int) -> None:
     """The client alone in this process: run, then commit; print its peak RSS at each step as JSON."""
     config = config_for(frames, size)
     scan = open_dataset(dataset)
     peaks = {}
     with cluster_client(scheduler=address) as client:
-        peaks["connected_mb"] = peak_rss_mb()
+        peaks["connected_mb"] = peak_rss_mb()[0]
         run = dask_runner(client, config)
 
         def runner(videos, shards):
             yield from run(videos, shards)
-            peaks["run_mb"] = peak_rss_mb()
+            peaks["run_mb"] = peak_rss_mb()[0]
 
         summary = prepare_dataset(scan, out, config, runner=runner)
-    peaks["committed_mb"] = peak_rss_mb()
+    peaks["committed_mb"] = peak_rss_mb()[0]
     faces_mb = (out / "faces.npy").stat().st_size / 2**20
     print(json.dumps({"videos": summary.processed, "faces_mb": faces_mb, **peaks}))
 
@@ -217,7 +201,8 @@ def main() -> int:
         print(f"skipped: the FF++ sample is not at {SAMPLE} (research data, not in the repository)")
         return 0
     load_before = os.getloadavg()[0]
-    print(f"machine: {machine()}")
+    print(f"machine: {machine()}, load average at start "
+          f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}")
     config = config_for(args.frames, args.size)
     print(f"settings: seed preset, {args.frames} frames (1 in {config.frames.step}), crop {args.size}, "
           f"MTCNN confidence > {config.faces.min_confidence}")

@@ -7,6 +7,8 @@ import resource
 import statistics
 from pathlib import Path
 
+from unmask.usage import lifetime_peak_rss_mb
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
@@ -33,10 +35,12 @@ def machine() -> str:
 
 
 def peak_rss_mb() -> tuple[float, float]:
-    """Peak resident memory of this process and of its largest finished child, in MB."""
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """Peak resident memory of this process and of its largest finished child, in MB.
+
+    A child's figure is its ru_maxrss, which starts from this process's RSS when it was forked:
+    it reads true only for children that grow past their parent (e.g. workers)."""
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    return own, children
+    return lifetime_peak_rss_mb(), children
 
 
 def median(values) -> float:

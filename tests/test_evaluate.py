@@ -1,6 +1,4 @@
 import json
-import mmap
-import time
 
 import numpy as np
 import pandas as pd
@@ -11,12 +9,12 @@ from unmask.evaluate import (
     choose_threshold,
     compute_metrics,
     evaluate_scores,
-    measure_usage,
     save_plots,
     video_scores,
     write_report,
 )
 from unmask.splits import LEAKY_SPLITS
+from unmask.usage import measure_usage
 
 # Five scores worked out by hand: predictions at 0.5 are [0, 1, 0, 1, 1].
 Y = [0, 0, 1, 1, 1]
@@ -108,23 +106,6 @@ def test_chosen_threshold_separates_separable_scores():
     assert compute_metrics(y, p, threshold)["accuracy"] == 1
     with pytest.raises(UnmaskError):
         choose_threshold([1, 1], [0.2, 0.3])
-
-
-def test_measure_usage_sees_time_cpu_and_memory():
-    with measure_usage() as usage:
-        # 100 MB of fresh pages, touched. An anonymous map, not np.ones: malloc may hand back memory
-        # that earlier tests freed but that is still resident, and then RSS does not move.
-        block = mmap.mmap(-1, 100 * 2**20)
-        np.frombuffer(block, np.uint8)[:] = 1
-        time.sleep(0.1)  # the sampler thread gets the GIL at least once while the block lives
-        deadline = time.process_time() + 0.2
-        while time.process_time() < deadline:
-            pass
-        block.close()
-    assert usage.wall_s >= 0.2 and usage.cpu_s >= 0.2
-    assert usage.peak_rss_mb - usage.start_rss_mb >= 80
-    assert usage.lifetime_peak_rss_mb >= usage.peak_rss_mb * 0.9
-    assert set(usage.as_dict()) >= {"wall_s", "cpu_s", "peak_rss_mb", "cores"}
 
 
 @pytest.fixture(scope="module")

@@ -19,11 +19,12 @@ import pandas as pd
 
 from unmask.distributed import torch_world
 from unmask.errors import UnmaskError
-from unmask.evaluate import choose_threshold, evaluate_scores, measure_usage, save_plots, write_report
+from unmask.evaluate import choose_threshold, evaluate_scores, save_plots, write_report
 from unmask.models import check_fit_memory, create_model
 from unmask.models.io import LoadedModel, apply_calibration, fit_calibration, save_model
 from unmask.splits import LEAKY_SPLITS, grouped_kfold, identity_groups, split_indices
 from unmask.store import FaceStore
+from unmask.usage import measure_usage
 
 SPLIT_CHOICES = ("official", "videos", "frames", "cv", "none")
 

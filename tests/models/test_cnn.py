@@ -6,10 +6,13 @@ the port does.
 Data: jittered crops of the public-domain astronaut portrait (``skimage.data.astronaut()``)."""
 from __future__ import annotations
 
+import json
+
 import cv2
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 from skimage import data
 from sklearn.base import clone
 from sklearn.metrics import roc_auc_score
@@ -176,7 +179,7 @@ def test_checkpoint_resumes_where_it_stopped(tmp_path):
     folder = tmp_path / "run"
     two, _ = small_fit(epochs=2, checkpoint_dir=folder)
     three, _ = small_fit(epochs=3, checkpoint_dir=folder)
-    assert [p.name for p in folder.iterdir()] == ["checkpoint.pt"]  # no temporary file left behind
+    assert [p.name for p in folder.iterdir()] == ["checkpoint.safetensors"]  # no temporary file left behind
     # Epochs 1-2 come from the checkpoint (their timings too, so they were not run again).
     assert three.history_[:2] == two.history_
     assert [h["epoch"] for h in three.history_] == [1, 2, 3]
@@ -188,6 +191,20 @@ def test_checkpoint_resumes_where_it_stopped(tmp_path):
     assert again.history_ == three.history_
     with pytest.raises(UnmaskError, match="other settings"):
         small_fit(epochs=3, checkpoint_dir=folder, lr=0.1)
+
+
+def test_checkpoints_are_safetensors_and_a_damaged_one_is_refused_in_one_line(tmp_path):
+    """Resuming reads another process's file, so it must not be a pickle (torch.save is one)."""
+    folder = tmp_path / "run"
+    small_fit(epochs=1, checkpoint_dir=folder)
+    checkpoint = folder / "checkpoint.safetensors"
+    with safe_open(str(checkpoint), framework="pt") as file:
+        groups = {key.split("/")[0] for key in file.keys()}  # noqa: SIM118 (a safe_open handle is not iterable)
+        assert json.loads(file.metadata()["unmask-checkpoint"])["epoch"] == 1
+    assert groups == {"model", "optimizer", "rng"}  # no validation here, so no best epoch to keep
+    checkpoint.write_bytes(checkpoint.read_bytes()[:100])  # a write cut short by a crash of the disk
+    with pytest.raises(UnmaskError, match="not a readable checkpoint"):
+        small_fit(epochs=2, checkpoint_dir=folder)
 
 
 @pytest.mark.parametrize("name", ["meso4", "mesoinception4"])

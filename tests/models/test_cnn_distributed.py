@@ -56,7 +56,7 @@ def test_a_run_cut_short_resumes_from_rank_0s_checkpoint(fits, tmp_path):
     checkpoints = tmp_path / "checkpoints"
     first = run([*TORCHRUN, SCRIPT, tmp_path / "first", 8, 2, checkpoints])
     assert first.returncode == 0, first.stderr
-    assert [p.name for p in checkpoints.iterdir()] == ["checkpoint.pt"]  # one writer
+    assert [p.name for p in checkpoints.iterdir()] == ["checkpoint.safetensors"]  # one writer
     resumed = run([*TORCHRUN, SCRIPT, tmp_path / "resumed", 8, 3, checkpoints])
     assert resumed.returncode == 0, resumed.stderr
     straight = load_file(fits["together"] / "rank0.safetensors")

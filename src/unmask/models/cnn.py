@@ -48,6 +48,12 @@ from unmask.config import resolve_device
 from unmask.distributed import torch_world
 from unmask.errors import UnmaskError
 from unmask.models import MODELS
+from unmask.models.checkpoint import (
+    join_optimizer_state,
+    load_checkpoint,
+    save_checkpoint,
+    split_optimizer_state,
+)
 from unmask.models.mesonet import Meso4, MesoInception4, load_released
 from unmask.registry import Registry
 from unmask.splits import _group_split
@@ -504,7 +510,7 @@ class TorchFaceClassifier(LogitClassifierMixin, BaseEstimator):
         workers = self._workers(device)
         state = {"epoch": 0, "history": [], "best_state": None, "best_auc": None, "best_epoch": None, "bad_epochs": 0}
         fingerprint = self._fingerprint(X, y, synth_ratio)
-        checkpoint = None if self.checkpoint_dir is None else Path(self.checkpoint_dir) / "checkpoint.pt"
+        checkpoint = None if self.checkpoint_dir is None else Path(self.checkpoint_dir) / "checkpoint.safetensors"
         if checkpoint is not None and checkpoint.exists():
             state = self._resume(checkpoint, fingerprint, net, optimizer, scaler)
         share = len(DistributedSampler(train, num_replicas=processes, rank=rank, shuffle=False))
@@ -586,27 +592,32 @@ class TorchFaceClassifier(LogitClassifierMixin, BaseEstimator):
     def _save(self, path: Path, fingerprint: str, net: nn.Module, optimizer: torch.optim.Optimizer,
               scaler: torch.amp.GradScaler, state: dict[str, Any]) -> None:
         """Atomically: a crash mid-write leaves the previous epoch's checkpoint intact."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        payload = {**state, "fingerprint": fingerprint, "model": _cpu_state(net), "optimizer": optimizer.state_dict(),
-                   "scaler": scaler.state_dict(), "torch_rng": torch.get_rng_state(),
-                   "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        torch.save(payload, temporary)
-        os.replace(temporary, path)
+        moments, optimizer_rest = split_optimizer_state(optimizer.state_dict())
+        tensors = {"model": _cpu_state(net), "optimizer": moments, "rng": {"torch": torch.get_rng_state()}}
+        if torch.cuda.is_available():
+            tensors["rng"].update({f"cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+        if state["best_state"] is not None:
+            tensors["best"] = state["best_state"]
+        rest = {k: v for k, v in state.items() if k != "best_state"}
+        save_checkpoint(path, tensors, {**rest, "fingerprint": fingerprint, "optimizer": optimizer_rest,
+                                        "scaler": scaler.state_dict()})
 
     def _resume(self, path: Path, fingerprint: str, net: nn.Module, optimizer: torch.optim.Optimizer,
                 scaler: torch.amp.GradScaler) -> dict[str, Any]:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-        if payload["fingerprint"] != fingerprint:
+        tensors, saved = load_checkpoint(path)
+        if saved.get("fingerprint") != fingerprint:
             raise UnmaskError(f"{path} was written by a run with other settings or data; "
                               "use another checkpoint directory or delete it to start over")
-        net.load_state_dict(payload["model"])
-        optimizer.load_state_dict(payload["optimizer"])
-        scaler.load_state_dict(payload["scaler"])
-        torch.set_rng_state(payload["torch_rng"])
-        if payload["cuda_rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(payload["cuda_rng"])
-        return {k: payload[k] for k in ("epoch", "history", "best_state", "best_auc", "best_epoch", "bad_epochs")}
+        net.load_state_dict(tensors["model"])
+        optimizer.load_state_dict(join_optimizer_state(tensors.get("optimizer", {}), saved["optimizer"]))
+        scaler.load_state_dict(saved["scaler"])
+        rng = tensors["rng"]
+        torch.set_rng_state(rng["torch"])
+        cuda = [rng[f"cuda.{i}"] for i in range(len(rng) - 1)]
+        if cuda and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(cuda)
+        state = {k: saved[k] for k in ("epoch", "history", "best_auc", "best_epoch", "bad_epochs")}
+        return {**state, "best_state": tensors.get("best")}
 
     def _adopt(self, net: nn.Module, history: list[dict], best_epoch: int | None,
                val_auc: float | None) -> TorchFaceClassifier:

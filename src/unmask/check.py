@@ -4,6 +4,8 @@ Frames are spread evenly over the whole video (not just its first seconds, as th
 training recipe's 1-in-30 does), every confident face is detected, faces are linked
 into tracks (one per person), each face is scored by the model, and the video's
 verdict is the most suspicious track: one swapped face among honest ones is enough.
+A model that also judges motion (its card says which neighbouring frames) gets each face's
+motion residual features, measured on the frames that follow each sampled one.
 """
 from __future__ import annotations
 
@@ -15,11 +17,12 @@ from pathlib import Path
 import numpy as np
 
 from unmask import __version__
-from unmask.config import resolve_device
+from unmask.config import MotionSampling, resolve_device
 from unmask.errors import UnmaskError
 from unmask.evaluate import AGGREGATES
 from unmask.faces.crop import crop_face
 from unmask.models.io import LoadedModel, load_model
+from unmask.motion import motion_features_of_faces, neighbours, wanted_frames
 from unmask.video import read_frames
 
 FAKE, REAL, NO_FACE, ERROR = "FAKE", "REAL", "NO FACE FOUND", "ERROR"
@@ -149,6 +152,11 @@ class Checker:
         if net is not None:  # a CNN runs where it is asked to, not where its card's "auto" put it
             net.to(device)
         self._lock = threading.Lock()
+        motion = self.model.input.get("motion") if self.model.needs_motion else None
+        if self.model.needs_motion and not motion:
+            raise UnmaskError(f"model {self.model.path} judges motion but its card does not say how it was measured")
+        self._motion = None if motion is None else MotionSampling(tuple(motion["offsets"]), int(motion["size"]))
+        """How the model's motion features were measured (None: it judges single frames)."""
 
     def model_info(self) -> dict:
         card = self.model.card
@@ -165,36 +173,48 @@ class Checker:
         started = time.perf_counter()
         result = CheckResult(path=name or str(path), verdict=NO_FACE, fake_probability=None, certainty="",
                              threshold=self.model.threshold, model=self.model_info(), aggregate=self.aggregate)
+        motion = self._motion
+        wanted = self.settings.frame_indices if motion is None else (
+            lambda count: wanted_frames(self.settings.frame_indices(count), motion))
         try:
-            info, frames = read_frames(Path(path), self.settings.frame_indices)
+            info, decoded = read_frames(Path(path), wanted)
         except UnmaskError as err:
             result.verdict, result.error = ERROR, str(err).removeprefix(f"{path}: ")
             result.elapsed_s = time.perf_counter() - started
             return result
+        sampled = set(self.settings.frame_indices(info.frame_count))
+        frames = [(index, image) for index, image in decoded if index in sampled]
         result.frames_sampled, result.frame_count = len(frames), info.frame_count
         result.fps, result.duration_s = info.fps, info.duration
         result.width, result.height = info.width, info.height
         with self._lock:
-            self._score(result, frames, info.fps)
+            self._score(result, frames, dict(decoded), info.fps)
         result.elapsed_s = time.perf_counter() - started
         return result
 
-    def _score(self, result: CheckResult, frames: list[tuple[int, np.ndarray]], fps: float) -> None:
-        settings, card_input = self.settings, self.model.input
+    def _score(self, result: CheckResult, frames: list[tuple[int, np.ndarray]], decoded: dict[int, np.ndarray],
+               fps: float) -> None:
+        """Detect, track and score the faces of the sampled ``frames``; ``decoded`` also holds
+        their neighbours when the model judges motion."""
+        settings, card_input, motion = self.settings, self.model.input, self._motion
+        margin, size = float(card_input["margin"]), int(card_input["size"])
         detections = self.detector.detect([image for _, image in frames])
         kept = [[d for d in found if d.confidence > settings.min_confidence] for found in detections]
         track_ids = link_tracks([[np.asarray(d.box) for d in found] for found in kept], settings.track_iou)
-        faces, crops = [], []
+        faces, crops, movements = [], [], []
         for (index, image), found, ids in zip(frames, kept, track_ids):
             for detection, track in zip(found, ids):
-                crops.append(crop_face(image, detection.box, float(card_input["margin"]), int(card_input["size"])))
+                crops.append(crop_face(image, detection.box, margin, size))
+                if motion is not None:
+                    movements.append((neighbours(index, decoded, motion), detection.box, detection.keypoints))
                 faces.append(FaceScore(track=track, frame=index, time=index / fps if fps else 0.0,
                                        box=[round(float(v), 1) for v in detection.box],
                                        detection_confidence=round(float(detection.confidence), 4),
                                        fake_probability=0.0))
         if not faces:
             return
-        scores = self.model.fake_probability(np.stack(crops))
+        measured = None if motion is None else motion_features_of_faces(movements, margin, motion)
+        scores = self.model.fake_probability(np.stack(crops), measured)
         for face, score in zip(faces, scores):
             face.fake_probability = float(score)
         lengths = np.bincount([f.track for f in faces])

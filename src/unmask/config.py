@@ -49,9 +49,33 @@ class FaceDetection:
 
 
 @dataclass(frozen=True)
+class MotionSampling:
+    """Neighbouring frames read beside each sampled frame for the motion residual features
+    (``unmask.motion``). Off by default: the study had none."""
+
+    offsets: tuple[int, ...] = ()
+    """Frames after each sampled frame to compare it with (``--motion``: 1, 2, 3); empty: off."""
+    size: int = 256
+    """Side, in pixels, that the face region is resized to before optical flow is measured."""
+
+    def __post_init__(self) -> None:
+        if any(int(d) < 1 for d in self.offsets) or self.size < 32:
+            raise UnmaskError("motion offsets must be at least 1 and the motion size at least 32")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.offsets)
+
+
+MOTION_ON = MotionSampling(offsets=(1, 2, 3))
+"""What ``--motion`` turns on: each sampled frame against the next three."""
+
+
+@dataclass(frozen=True)
 class PrepareConfig:
     frames: FrameSampling = field(default_factory=FrameSampling)
     faces: FaceDetection = field(default_factory=FaceDetection)
+    motion: MotionSampling = field(default_factory=MotionSampling)
 
 
 PRESETS: dict[str, PrepareConfig] = {
@@ -61,7 +85,7 @@ PRESETS: dict[str, PrepareConfig] = {
 
 
 def preset(name: str, **overrides) -> PrepareConfig:
-    """A named preset with some fields replaced (``frames=...``, ``faces=...``)."""
+    """A named preset with some fields replaced (``frames=...``, ``faces=...``, ``motion=...``)."""
     try:
         base = PRESETS[name]
     except KeyError:

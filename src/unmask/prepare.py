@@ -20,6 +20,7 @@ import pandas as pd
 from unmask.config import PrepareConfig, resolve_device
 from unmask.datasets import LABEL_NAMES, DatasetScan, Video
 from unmask.faces.crop import crop_box, crop_face
+from unmask.motion import MOTION_COLUMNS, motion_features, neighbours, wanted_frames
 from unmask.store import KEYPOINT_COLUMNS, Shard, StoreWriter, write_shard
 from unmask.video import read_frames
 
@@ -74,22 +75,26 @@ def process_video(video: Video, config: PrepareConfig, detector, decode_threads:
     from unmask.video import VideoError
 
     record = {**_video_record(video), "status": "ok", "reason": "", "frame_count": 0, "frames_read": 0,
-              "faces": 0, "decode_s": 0.0, "detect_s": 0.0, "store_s": 0.0, "seconds": 0.0}
+              "faces": 0, "decode_s": 0.0, "detect_s": 0.0, "motion_s": 0.0, "store_s": 0.0, "seconds": 0.0}
     size = config.faces.size
     started = time.perf_counter()
     try:
         if Path(video.path).suffix.lower() in IMAGE_SUFFIXES:
             info, frames = read_photo(video.path)
         else:
-            info, frames = read_frames(video.path, config.frames.indices(None), threads=decode_threads)
+            info, frames = read_frames(video.path, wanted_frames(config.frames.indices(None), config.motion),
+                                       threads=decode_threads)
     except VideoError as err:
         record.update(status="error", reason=str(err).removeprefix(f"{video.path}: "))
         record["seconds"] = time.perf_counter() - started
         return Shard(record, [], np.zeros((0, size, size, 3), np.uint8))
     decoded = time.perf_counter()
+    everything = dict(frames)
+    sampled = set(config.frames.indices(info.frame_count))
+    frames = [(index, image) for index, image in frames if index in sampled]
     detections = detector.detect([image for _, image in frames])
     detected = time.perf_counter()
-    rows, crops = [], []
+    rows, crops, motion_s = [], [], 0.0
     for (index, image), found in zip(frames, detections):
         kept = [d for d in found if d.confidence > config.faces.min_confidence]
         if not kept:
@@ -107,14 +112,20 @@ def process_video(video: Video, config: PrepareConfig, detector, decode_threads:
             **dict(zip(KEYPOINT_COLUMNS, np.asarray(best.keypoints, dtype=float).ravel())),
             "n_detections": len(found), "path": str(video.path),
         })
+        if config.motion.enabled:
+            began = time.perf_counter()
+            features = motion_features(neighbours(index, everything, config.motion), best.box, best.keypoints,
+                                       config.faces.margin, config.motion)
+            rows[-1].update(zip(MOTION_COLUMNS, (None if np.isnan(v) else float(v) for v in features)))
+            motion_s += time.perf_counter() - began
     faces = np.stack(crops) if crops else np.zeros((0, size, size, 3), np.uint8)
     record.update(
         frame_count=info.frame_count, frames_read=len(frames), faces=len(rows),
         status="ok" if rows else "no-face",
         reason="" if rows else f"no face with confidence over {config.faces.min_confidence} in {len(frames)} frame(s)",
-        decode_s=decoded - started, detect_s=detected - decoded,
+        decode_s=decoded - started, detect_s=detected - decoded, motion_s=motion_s,
     )
-    record["store_s"] = time.perf_counter() - detected
+    record["store_s"] = time.perf_counter() - detected - motion_s
     record["seconds"] = time.perf_counter() - started
     return Shard(record, rows, faces)
 
@@ -185,6 +196,8 @@ def store_settings(config: PrepareConfig) -> dict:
     """What a store records about how it was made (a re-run must use the same)."""
     settings = asdict(config)
     settings["faces"].pop("device")
+    if not config.motion.enabled:  # stores made before motion features existed stay resumable
+        settings.pop("motion")
     return settings
 
 

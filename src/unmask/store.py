@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from unmask.errors import UnmaskError
+from unmask.motion import MOTION_COLUMNS
 
 FORMAT_VERSION = 1
 KEYPOINT_COLUMNS = [f"kp{i}_{axis}" for i in range(5) for axis in ("x", "y")]
@@ -40,7 +41,7 @@ FACE_COLUMNS = [
 ]
 VIDEO_COLUMNS = [
     "video", "path", "label", "method", "compression", "ids", "split", "status", "reason",
-    "frame_count", "frames_read", "faces", "decode_s", "detect_s", "store_s", "seconds",
+    "frame_count", "frames_read", "faces", "decode_s", "detect_s", "motion_s", "store_s", "seconds",
 ]
 
 
@@ -168,8 +169,9 @@ def commit(root: Path) -> "FaceStore":
                 for offset, row in enumerate(rec["rows"]):
                     rows.append({**row, "row": start + offset})
             start += count
+    columns = FACE_COLUMNS + (MOTION_COLUMNS if "motion" in settings else [])
     with atomic_path(root / "faces.csv") as tmp:
-        pd.DataFrame(rows, columns=FACE_COLUMNS).to_csv(tmp, index=False)
+        pd.DataFrame(rows, columns=columns).to_csv(tmp, index=False)
     with atomic_path(root / "videos.csv") as tmp:
         pd.DataFrame(videos, columns=VIDEO_COLUMNS).to_csv(tmp, index=False)
     return FaceStore(root)
@@ -202,6 +204,17 @@ class FaceStore:
     @property
     def margin(self) -> float:
         return float(self.settings["faces"]["margin"])
+
+    @property
+    def has_motion(self) -> bool:
+        return "motion" in self.settings
+
+    def motion(self, rows: np.ndarray | None = None) -> np.ndarray:
+        """(N, len(MOTION_COLUMNS)) float32 motion residual features (NaN where a face had no later frame)."""
+        if not self.has_motion:
+            raise UnmaskError(f"{self.root} has no motion features; prepare the faces again with --motion")
+        table = self.table if rows is None else self.table.iloc[rows]
+        return table[MOTION_COLUMNS].to_numpy(np.float32)
 
     def keypoints(self, rows: np.ndarray | None = None) -> np.ndarray:
         """(N, 5, 2) keypoints in the coordinates of the stored crops."""

@@ -7,7 +7,6 @@ estimators whose ``fit`` asks for it.
 """
 from __future__ import annotations
 
-import inspect
 import itertools
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -20,7 +19,7 @@ import pandas as pd
 from unmask.distributed import torch_world
 from unmask.errors import UnmaskError
 from unmask.evaluate import choose_threshold, evaluate_scores, save_plots, write_report
-from unmask.models import check_fit_memory, create_model
+from unmask.models import check_fit_memory, create_model, per_face_inputs
 from unmask.models.io import LoadedModel, apply_calibration, fit_calibration, save_model
 from unmask.splits import LEAKY_SPLITS, grouped_kfold, identity_groups, split_indices
 from unmask.store import FaceStore
@@ -56,16 +55,12 @@ def build_estimator(options: TrainOptions):
 
 
 def fit_estimator(estimator, store: FaceStore, rows: np.ndarray):
-    """Fit on the given table positions, handing groups/keypoints to estimators that take them."""
+    """Fit on the given table positions, handing groups/keypoints/motion to estimators that take them."""
     table = store.table.iloc[rows]
-    faces = _faces(store, rows)
-    extra = {}
-    accepted = inspect.signature(estimator.fit).parameters
-    if "groups" in accepted:
-        extra["groups"] = identity_groups(table["ids"])
-    if "keypoints" in accepted:
-        extra["keypoints"] = store.keypoints(rows)
-    return estimator.fit(faces, table["label"].to_numpy(), **extra)
+    extra = per_face_inputs(estimator.fit, {"groups": lambda: identity_groups(table["ids"]),
+                                            "keypoints": lambda: store.keypoints(rows),
+                                            "motion": lambda: store.motion(rows)})
+    return estimator.fit(_faces(store, rows), table["label"].to_numpy(), **extra)
 
 
 def _faces(store: FaceStore, rows: np.ndarray) -> np.ndarray:
@@ -77,7 +72,8 @@ def _faces(store: FaceStore, rows: np.ndarray) -> np.ndarray:
 
 
 def predict_fake(estimator, store: FaceStore, rows: np.ndarray, calibration: dict | None = None) -> np.ndarray:
-    return apply_calibration(calibration, estimator.predict_proba(_faces(store, rows))[:, 1])
+    extra = per_face_inputs(estimator.predict_proba, {"motion": lambda: store.motion(rows)})
+    return apply_calibration(calibration, estimator.predict_proba(_faces(store, rows), **extra)[:, 1])
 
 
 def _check_memory(options: TrainOptions, store: FaceStore, n_rows: int) -> None:
@@ -194,6 +190,8 @@ def _card(estimator, store, options, fit_rows, test_rows, calibration, threshold
     steps = getattr(estimator, "named_steps", {})
     features = type(steps["features"]).__name__ if "features" in steps else "image"
     preprocessing = estimator.preprocessing() if hasattr(estimator, "preprocessing") else {}
+    if "motion" in preprocessing.get("needs", ()):  # what `unmask check` must measure the same way
+        preprocessing["motion"] = store.settings["motion"]
     return {
         "title": options.title or f"{options.model}" + (f" on {options.features}" if options.features else ""),
         "estimator": {"name": options.model, "params": _plain_params(estimator)},
@@ -302,7 +300,8 @@ def evaluate_model(model: LoadedModel, store: FaceStore, split: str | None = Non
     warnings = model.check_faces(store.crop_size, store.margin)
     aggregate = aggregate or model.card.get("aggregate", "mean")
     with measure_usage() as usage:
-        p_fake = model.fake_probability(_faces(store, rows))
+        motion = store.motion(rows) if model.needs_motion else None
+        p_fake = model.fake_probability(_faces(store, rows), motion=motion)
     metrics = evaluate_scores(table.iloc[rows], p_fake, model.threshold, aggregate)
     if report_dir is not None:
         context = {"model": model.name, "model_dir": str(model.path), "data": str(store.root),

@@ -6,13 +6,14 @@ from faces to ``predict_proba`` and can be cross-validated or saved as a whole.
 
 Model modules register their builders in ``MODELS`` when imported; every module in
 ``MODEL_MODULES`` is imported with this package, so all models are always listed
-(scikit-learn ones in ``unmask.models.classical``, torch ones in ``unmask.models.cnn`` and
-``unmask.models.ensemble``).
+(scikit-learn ones in ``unmask.models.classical``, torch ones in ``unmask.models.cnn``,
+``unmask.models.ensemble`` and ``unmask.models.fusion``).
 """
 from __future__ import annotations
 
+import inspect
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from importlib import import_module
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,8 @@ MODELS: Registry[Any] = Registry("model")
 FIT_MEMORY: dict[str, Callable[[int, int], int]] = {}
 """model name -> f(n_samples, n_features) giving peak bytes to fit it; see ``estimate_fit_memory``."""
 
-MODEL_MODULES: tuple[str, ...] = ("unmask.models.classical", "unmask.models.cnn", "unmask.models.ensemble")
+MODEL_MODULES: tuple[str, ...] = ("unmask.models.classical", "unmask.models.cnn", "unmask.models.ensemble",
+                                  "unmask.models.fusion")
 """Modules that register models when imported."""
 
 
@@ -35,6 +37,13 @@ def create_model(name: str, features: Any = None, **params: Any) -> Any:
     if features is not None:
         params["features"] = features
     return MODELS.create(name, **params)
+
+
+def per_face_inputs(method: Callable[..., Any], available: Mapping[str, Callable[[], Any]]) -> dict[str, Any]:
+    """The inputs beside the face crops (groups, keypoints, motion) that ``method`` takes, each
+    made only if it is taken: reading motion features fails on a store prepared without them."""
+    accepted = inspect.signature(method).parameters
+    return {name: make() for name, make in available.items() if name in accepted}
 
 
 def estimate_fit_memory(model_name: str, n_samples: int, n_features: int) -> int | None:

@@ -305,16 +305,17 @@ def _chunks(items: np.ndarray, size: int) -> list[np.ndarray]:
 
 
 class LogitClassifierMixin(ClassifierMixin):
-    """``predict_proba`` and ``predict`` of a detector whose ``decision_function`` is the logit of P(fake)."""
+    """``predict_proba`` and ``predict`` of a detector whose ``decision_function`` is the logit of P(fake).
+    Per-face inputs beside the crops (``motion=...``) are handed on to ``decision_function``."""
 
-    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+    def predict_proba(self, X: np.ndarray, **per_face: Any) -> np.ndarray:
         """(N, 2) float64: columns P(real), P(fake)."""
-        fake = expit(self.decision_function(X).astype(np.float64))
+        fake = expit(self.decision_function(X, **per_face).astype(np.float64))
         return np.column_stack([1.0 - fake, fake])
 
-    def predict(self, X: np.ndarray) -> np.ndarray:
+    def predict(self, X: np.ndarray, **per_face: Any) -> np.ndarray:
         """1 (fake) where P(fake) > 0.5, else 0."""
-        return (self.decision_function(X) > 0).astype(np.int64)
+        return (self.decision_function(X, **per_face) > 0).astype(np.int64)
 
 
 class TorchFaceClassifier(LogitClassifierMixin, BaseEstimator):

@@ -16,6 +16,7 @@ import numpy as np
 
 from unmask import __version__
 from unmask.errors import UnmaskError
+from unmask.models import per_face_inputs
 from unmask.store import atomic_path, write_json
 
 FORMAT = "unmask-model"
@@ -58,8 +59,14 @@ class LoadedModel:
     def input(self) -> dict:
         return self.card["input"]
 
-    def fake_probability(self, faces: np.ndarray) -> np.ndarray:
-        raw = self.estimator.predict_proba(faces)[:, 1]
+    @property
+    def needs_motion(self) -> bool:
+        """Whether the model also judges motion residual features (``unmask.motion``)."""
+        return "motion" in self.input.get("needs", ())
+
+    def fake_probability(self, faces: np.ndarray, motion: np.ndarray | None = None) -> np.ndarray:
+        extra = per_face_inputs(self.estimator.predict_proba, {"motion": lambda: motion})
+        raw = self.estimator.predict_proba(faces, **extra)[:, 1]
         return apply_calibration(self.card.get("calibration"), raw)
 
     def check_faces(self, size: int, margin: float) -> list[str]:

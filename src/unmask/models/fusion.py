@@ -1,0 +1,158 @@
+"""A CNN's look at each face and the motion around it, weighed by one logistic regression.
+
+Why: the released MesoNets judge a single frame's texture; the motion residual features
+(``unmask.motion``) see what frame-by-frame face synthesis does over time. In identity-grouped
+cross-validation on the FF++ sample each alone scored below the two together
+(``benchmarks/bench_cnn.py``). The weighing is a logistic regression on the standardised
+features and the CNN's logit, so it learns how far to trust each; it is kept as a tiny torch
+module, so the whole model is saved as safetensors like any CNN.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator
+from sklearn.linear_model import LogisticRegression
+from sklearn.utils.validation import check_is_fitted
+from torch import nn
+
+from unmask.errors import UnmaskError
+from unmask.models import MODELS
+from unmask.models.cnn import LogitClassifierMixin, images_only
+from unmask.models.ensemble import LogitEnsemble
+from unmask.motion import MOTION_FEATURES
+
+
+class StandardisedLinear(nn.Module):
+    """``(x - mean) / scale`` then one linear unit; a missing (NaN) input counts as its mean."""
+
+    def __init__(self, inputs: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(inputs))
+        self.register_buffer("scale", torch.ones(inputs))
+        self.linear = nn.Linear(inputs, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = torch.nan_to_num((x - self.mean) / self.scale, nan=0.0)
+        return self.linear(z).squeeze(-1)
+
+
+class MotionFusion(LogitClassifierMixin, BaseEstimator):
+    """Logistic regression over the motion residual features and a CNN ensemble's logit.
+
+    Parameters
+    ----------
+    archs, member_params, seed : the CNN part, a ``LogitEnsemble`` (by default the released
+        MesoInception-4 and Meso-4 as they are).
+    C : inverse L2 strength of the logistic regression (on standardised inputs).
+
+    ``fit`` and ``predict_proba`` take ``motion``: (N, len(MOTION_FEATURES)) from a store
+    prepared with ``--motion`` or from ``unmask check``, which reads the neighbouring frames.
+
+    Fitted attributes: ``cnn_`` (the fitted ensemble), ``head_`` (``StandardisedLinear``),
+    ``net_`` (both, so ``net_.to(device)`` moves them), ``classes_``.
+    """
+
+    def __init__(self, archs: Iterable[str] = ("mesoinception4", "meso4"), member_params: dict | None = None,
+                 C: float = 10.0, seed: int = 42):
+        self.archs = archs
+        self.member_params = member_params
+        self.C = C
+        self.seed = seed
+
+    def _ensemble(self) -> LogitEnsemble:
+        return LogitEnsemble(self.archs, {"init": "released", "epochs": 0, **(self.member_params or {})}, self.seed)
+
+    def _inputs(self, X: np.ndarray, motion: np.ndarray | None) -> np.ndarray:
+        if motion is None:
+            raise UnmaskError("this model needs motion features: prepare the faces with --motion "
+                              "(`unmask check` reads them from the video itself)")
+        motion = np.asarray(motion, dtype=np.float32)
+        if motion.shape != (len(X), len(MOTION_FEATURES)):
+            raise UnmaskError(f"motion features must be (faces, {len(MOTION_FEATURES)}), not {motion.shape}")
+        return np.column_stack([motion, self.cnn_.decision_function(X)])
+
+    def fit(self, X: np.ndarray, y: np.ndarray, groups: Iterable[Any] | None = None,
+            keypoints: np.ndarray | None = None, motion: np.ndarray | None = None) -> MotionFusion:
+        """Fit the CNN part (nothing to do for released nets), then the weighing on its logits."""
+        self.cnn_ = self._ensemble().fit(X, y, groups=groups, keypoints=keypoints)
+        inputs = self._inputs(X, motion)
+        mean = np.nanmean(inputs, axis=0)
+        if np.isnan(mean).any():
+            raise UnmaskError("a motion feature is missing for every training face (no later frames?)")
+        scale = np.nanstd(inputs, axis=0)
+        scale[scale == 0] = 1.0
+        standardised = np.nan_to_num((inputs - mean) / scale, nan=0.0)
+        regression = LogisticRegression(C=self.C, max_iter=10_000).fit(standardised, np.asarray(y, dtype=int))
+        head = StandardisedLinear(inputs.shape[1])
+        with torch.no_grad():
+            head.mean.copy_(torch.from_numpy(mean.astype(np.float32)))
+            head.scale.copy_(torch.from_numpy(scale.astype(np.float32)))
+            head.linear.weight.copy_(torch.from_numpy(regression.coef_.astype(np.float32)))
+            head.linear.bias.copy_(torch.from_numpy(regression.intercept_.astype(np.float32)))
+        return self._adopt(self.cnn_, head)
+
+    def _adopt(self, cnn: LogitEnsemble, head: StandardisedLinear) -> MotionFusion:
+        self.cnn_, self.head_ = cnn, head.eval()
+        self.net_ = nn.ModuleList([cnn.net_, head])
+        self.classes_ = np.array([0, 1])
+        return self
+
+    def decision_function(self, X: np.ndarray, motion: np.ndarray | None = None) -> np.ndarray:
+        """The logit of P(fake) per face, (N,) float32."""
+        check_is_fitted(self, "head_")
+        inputs = torch.from_numpy(self._inputs(X, motion).astype(np.float32))
+        device = next(self.head_.parameters()).device
+        with torch.inference_mode():
+            return self.head_(inputs.to(device)).cpu().numpy().astype(np.float32)
+
+    def predict_proba(self, X: np.ndarray, motion: np.ndarray | None = None) -> np.ndarray:
+        return super().predict_proba(X, motion=motion)
+
+    def predict(self, X: np.ndarray, motion: np.ndarray | None = None) -> np.ndarray:
+        return super().predict(X, motion=motion)
+
+    def weighting(self) -> dict[str, float]:
+        """How much each standardised input moves the logit: the regression's coefficients."""
+        check_is_fitted(self, "head_")
+        names = [*MOTION_FEATURES, "cnn_logit"]
+        return dict(zip(names, self.head_.linear.weight.detach().cpu().numpy().ravel().tolist()))
+
+    def preprocessing(self) -> dict[str, Any]:
+        """The CNN part's crops, plus the motion features this model also needs."""
+        return {**self._ensemble().preprocessing(), "needs": ["motion"], "motion_features": list(MOTION_FEATURES)}
+
+    def gradcam(self, X: np.ndarray) -> np.ndarray:
+        """What drove the CNN part's score (the motion part has no map)."""
+        check_is_fitted(self, "cnn_")
+        return self.cnn_.gradcam(X)
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        check_is_fitted(self, "head_")
+        head = {f"head.{name}": tensor.detach().cpu().contiguous() for name, tensor in self.head_.state_dict().items()}
+        return {**{f"cnn.{name}": tensor for name, tensor in self.cnn_.weights().items()}, **head}
+
+    def load_weights(self, state: dict[str, torch.Tensor]) -> MotionFusion:
+        """Make this model the one ``weights()`` saved, ready to predict without ``fit``."""
+        parts: dict[str, dict[str, torch.Tensor]] = {"cnn": {}, "head": {}}
+        for name, tensor in state.items():
+            part, _, rest = name.partition(".")
+            if part not in parts:
+                raise UnmaskError(f"weight {name!r} belongs to no part of this model")
+            parts[part][rest] = tensor
+        head = StandardisedLinear(len(MOTION_FEATURES) + 1)
+        try:
+            head.load_state_dict(parts["head"])
+        except RuntimeError as error:
+            raise UnmaskError(f"these weights do not fit this model's weighing: {error}") from None
+        return self._adopt(self._ensemble().load_weights(parts["cnn"]), head)
+
+
+@MODELS.register("mesonet-motion", help="released MesoInception-4 + Meso-4 and motion residual features, weighed "
+                                        "by a logistic regression (needs faces prepared with --motion)")
+def _mesonet_motion(features: Any = None, random_state: int = 42, **params: Any) -> MotionFusion:
+    images_only(features)
+    return MotionFusion(seed=random_state, **params)

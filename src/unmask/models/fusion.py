@@ -80,9 +80,9 @@ class MotionFusion(LogitClassifierMixin, BaseEstimator):
         """Fit the CNN part (nothing to do for released nets), then the weighing on its logits."""
         self.cnn_ = self._ensemble().fit(X, y, groups=groups, keypoints=keypoints)
         inputs = self._inputs(X, motion)
-        mean = np.nanmean(inputs, axis=0)
-        if np.isnan(mean).any():
+        if np.isnan(inputs).all(axis=0).any():
             raise UnmaskError("a motion feature is missing for every training face (no later frames?)")
+        mean = np.nanmean(inputs, axis=0)
         scale = np.nanstd(inputs, axis=0)
         scale[scale == 0] = 1.0
         standardised = np.nan_to_num((inputs - mean) / scale, nan=0.0)

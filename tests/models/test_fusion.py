@@ -1,0 +1,121 @@
+"""mesonet-motion: the released MesoNets' logit and the motion residual features weighed by a
+logistic regression. It learns which inputs tell fakes apart, round-trips through safetensors,
+refuses to run without motion features, and works end to end: prepare --motion, train, check.
+
+Data: random crops with made-up motion features for the estimator; for the end-to-end test,
+the astronaut clip and the same clip with a flicker painted into the face (``tests/test_motion``)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.metrics import roc_auc_score
+
+from unmask.cli import main
+from unmask.errors import UnmaskError
+from unmask.models import create_model
+from unmask.models.fusion import MotionFusion
+from unmask.models.io import load_model, save_model
+from unmask.motion import MOTION_FEATURES
+from unmask.video import write_video
+
+from conftest import face_frames
+from test_motion import flickering
+
+CARD = {"title": "fusion", "estimator": {"name": "mesonet-motion", "params": {}},
+        "input": {"size": 64, "margin": 0.3, "needs": ["motion"], "motion": {"offsets": [1, 2, 3], "size": 256}}}
+
+
+def made_up(count: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Noise crops; the fakes' faces flicker more than their surroundings (feature 0 vs 2)."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(count) % 2
+    faces = rng.integers(0, 256, (count, 64, 64, 3), dtype=np.uint8)
+    motion = rng.normal(0, 1, (count, len(MOTION_FEATURES))).astype(np.float32)
+    motion[:, 0] += 2.0 * labels
+    return faces, labels, motion
+
+
+@pytest.fixture(scope="module")
+def fitted() -> MotionFusion:
+    faces, labels, motion = made_up(200, seed=0)
+    return create_model("mesonet-motion").fit(faces, labels, motion=motion)
+
+
+def test_it_learns_what_separates_the_classes(fitted):
+    faces, labels, motion = made_up(100, seed=1)
+    assert roc_auc_score(labels, fitted.predict_proba(faces, motion=motion)[:, 1]) > 0.85  # the best: 0.92
+    weights = fitted.weighting()
+    assert list(weights) == [*MOTION_FEATURES, "cnn_logit"]
+    assert weights["residual_face"] == max(weights.values(), key=abs) > 0
+    assert fitted.predict(faces, motion=motion).tolist() == (fitted.decision_function(faces, motion) > 0).tolist()
+
+
+def test_a_face_without_later_frames_is_judged_on_the_crop_alone(fitted):
+    faces, _, motion = made_up(4, seed=2)
+    missing = np.full_like(motion, np.nan)
+    logit = fitted.decision_function(faces, missing)
+    head = fitted.head_
+    standardised_cnn = (fitted.cnn_.decision_function(faces) - head.mean[-1].item()) / head.scale[-1].item()
+    expected = head.linear.bias.item() + head.linear.weight[0, -1].item() * standardised_cnn
+    np.testing.assert_allclose(logit, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_saved_as_safetensors_it_scores_the_same(fitted, tmp_path):
+    faces, _, motion = made_up(8, seed=3)
+    folder = save_model(fitted, tmp_path / "m", CARD)
+    assert sorted(p.name for p in folder.iterdir()) == ["card.json", "model.safetensors"]
+    loaded = load_model(folder)
+    assert loaded.needs_motion
+    np.testing.assert_allclose(loaded.fake_probability(faces, motion), fitted.predict_proba(faces, motion=motion)[:, 1],
+                               rtol=1e-6)
+    with pytest.raises(UnmaskError, match="needs motion features"):
+        loaded.fake_probability(faces)
+    with pytest.raises(UnmaskError, match=r"motion features must be \(faces, 11\)"):
+        loaded.fake_probability(faces, motion[:, :3])
+    with pytest.raises(UnmaskError, match="no part of this model"):
+        clone(fitted).load_weights({"other.weight": fitted.weights()["head.linear.weight"]})
+
+
+def test_training_needs_motion_features_that_exist():
+    faces, labels, motion = made_up(10, seed=4)
+    with pytest.raises(UnmaskError, match="prepare the faces with --motion"):
+        create_model("mesonet-motion").fit(faces, labels)
+    motion[:, 3] = np.nan
+    with pytest.raises(UnmaskError, match="missing for every training face"):
+        create_model("mesonet-motion").fit(faces, labels, motion=motion)
+
+
+def test_prepare_train_and_check_a_flickering_face_end_to_end(tmp_path, capsys):
+    clips = tmp_path / "clips"
+    for seed in (1, 2):
+        honest = face_frames(40, width=640, height=480, seed=seed)
+        for folder, frames in (("real", honest), ("fake", flickering(honest, seed=seed + 10))):
+            (clips / folder).mkdir(parents=True, exist_ok=True)
+            write_video(clips / folder / f"clip{seed}.mp4", frames)
+    assert main(["prepare", str(clips), "--out", str(tmp_path / "faces"), "--step", "6", "--frames", "6",
+                 "--margin", "0.3", "--size", "256", "--motion"]) == 0
+    assert main(["train", str(tmp_path / "faces"), "--model", "mesonet-motion", "--split", "none",
+                 "--out", str(tmp_path / "model")]) == 0
+    card = json.loads((tmp_path / "model" / "card.json").read_text())
+    assert card["input"]["motion"] == {"offsets": [1, 2, 3], "size": 256} and card["input"]["needs"] == ["motion"]
+    capsys.readouterr()
+    # Clips it has not seen: the checker reads each sampled frame's neighbours itself.
+    honest = face_frames(40, width=640, height=480, seed=3)
+    write_video(tmp_path / "honest.mp4", honest)
+    write_video(tmp_path / "flicker.mp4", flickering(honest, seed=13))
+    assert main(["check", str(tmp_path / "honest.mp4"), str(tmp_path / "flicker.mp4"),
+                 "--model", str(tmp_path / "model"), "--json"]) == 0
+    honest_record, flicker_record = (json.loads(line) for line in capsys.readouterr().out.splitlines())
+    assert honest_record["frames_sampled"] == 16 and len(flicker_record["faces"]) == 16
+    assert flicker_record["fake_probability"] > honest_record["fake_probability"]
+    assert flicker_record["verdict"] == "FAKE" and honest_record["verdict"] == "REAL"
+    # Faces prepared without --motion cannot be judged by it: one line that says what to do.
+    assert main(["prepare", str(clips), "--out", str(tmp_path / "plain"), "--frames", "2", "--margin", "0.3",
+                 "--size", "256"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(tmp_path / "model"), str(tmp_path / "plain")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--motion" in err

@@ -2,8 +2,8 @@
 the same frames alone.
 
 The checker (detector and model) is loaded once, as `unmask serve` keeps it; each video is
-then checked with ``Checker.check`` and, separately, only decoded (the same
-``CheckSettings.frame_indices``). Prints the machine and its load, medians over the FF++
+then checked with ``Checker.check`` and, separately, only decoded (the same frames,
+``Checker.frames_to_read``: with a model that judges motion, each sampled frame's neighbours too). Prints the machine and its load, medians over the FF++
 sample's c23 videos (originals and Deepfakes) and over a generated 10-second 720p video, and
 the ratio check / decode-only. Target: a 10-second 720p video in under 2 s on 2 CPU cores.
 CPU seconds are printed beside wall seconds: on a machine shared with other jobs, CPU
@@ -38,8 +38,9 @@ def timed(function, *args) -> tuple[float, float]:
 
 
 def measure(checker: Checker, path: Path, repeats: int) -> dict:
-    """Median wall and CPU seconds of checking and of decoding only, over ``repeats`` runs."""
-    indices = checker.settings.frame_indices
+    """Median wall and CPU seconds of checking and of decoding only (the frames a check reads:
+    the sampled ones and, for a model that judges motion, their neighbours), over ``repeats`` runs."""
+    indices = checker.frames_to_read
     checks = [timed(checker.check, path) for _ in range(repeats)]
     decodes = [timed(read_frames, path, indices) for _ in range(repeats)]
     info, _ = read_frames(path, [0])
@@ -68,8 +69,10 @@ def main() -> None:
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())} (1, 5, 15 min)")
     started = time.perf_counter()
     checker = Checker(args.model, CheckSettings())
+    motion = checker.model.input.get("motion") if checker.model.needs_motion else None
     print(f"checker loaded once in {time.perf_counter() - started:.2f} s: {checker.model.name}; "
-          f"{checker.settings.frames} frames per video")
+          f"{checker.settings.frames} frames per video"
+          + (f", each with the {len(motion['offsets'])} frames after it (motion)" if motion else ""))
     with tempfile.TemporaryDirectory() as tmp:
         sample = make_sample_video(Path(tmp) / "sample-10s-720p.mp4", seconds=10, width=1280, height=720)
         checker.check(sample)  # warm-up: first-call costs (allocations, kernel choice) are not per video

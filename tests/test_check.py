@@ -247,6 +247,9 @@ def test_readme_first_commands_sample_then_check_with_the_default_model(tmp_path
     (record,) = _records(capsys.readouterr().out)
     assert record["verdict"] in (FAKE, REAL) and record["model"]["path"] == str(default_model_dir())
     assert len(record["tracks"]) == 1 and len(record["faces"]) == 16
+    # The default model also judges motion: the report says its heatmaps show only the CNN's part.
+    assert main(["check", "sample.mp4", "--report", "report.html"]) == 0
+    assert "how the face changed over the next frames" in (tmp_path / "report.html").read_text()
 
 
 def test_sample_refuses_a_name_that_is_not_a_video(tmp_path, capsys):

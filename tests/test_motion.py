@@ -19,7 +19,7 @@ from unmask.faces.mtcnn import MTCNN
 from unmask.motion import (
     MOTION_COLUMNS,
     MOTION_FEATURES,
-    face_regions,
+    region_labels,
     motion_features,
     motion_features_of_faces,
     neighbours,
@@ -59,14 +59,16 @@ def clips():
     return honest, flickering(honest, seed=2), face.box, face.keypoints
 
 
-def test_face_regions_are_the_face_its_border_and_the_rest():
+def test_regions_are_the_face_its_border_and_the_rest():
     keypoints = np.array([[93, 110], [166, 110], [128, 141], [99, 170], [158, 171]], np.float32)
-    face, edge, outside = face_regions(keypoints, 256)
+    labels = region_labels(keypoints, 256)
+    face, edge, outside = (labels == region for region in range(3))
     for x, y in keypoints.astype(int):
-        assert face[y, x] and not edge[y, x] and not outside[y, x]
+        assert face[y, x]
     assert outside[0, 0] and outside[255, 255] and outside[128, 5]
-    assert not (face & edge).any() and not (face & outside).any() and not (edge & outside).any()
     assert face.sum() > 5000 and edge.sum() > 3000 and outside.sum() > 20000
+    gaps = labels == 3  # between face and edge, and between edge and outside
+    assert 0 < gaps.sum() < face.sum()
 
 
 def test_a_flickering_face_stands_out_from_one_that_only_moves(clips):
@@ -99,9 +101,8 @@ def test_features_need_a_later_frame_and_many_faces_match_one_by_one(clips):
 def test_the_face_region_follows_the_keypoints_into_the_crop(clips):
     honest, _, box, keypoints = clips
     in_crop = keypoints_in_crop(keypoints, box, honest[0].shape, MARGIN, 256)
-    face, _, _ = face_regions(in_crop, 256)
     nose = in_crop[2].astype(int)
-    assert face[nose[1], nose[0]]
+    assert region_labels(in_crop, 256)[nose[1], nose[0]] == 0
 
 
 def test_neighbouring_frames_are_read_and_found():
@@ -123,7 +124,7 @@ def test_prepare_with_motion_stores_the_features_and_without_says_how_to_get_the
     summary = json.loads(capsys.readouterr().out)
     assert summary["status_counts"] == {"ok": 2}
     store = FaceStore(tmp_path / "faces")
-    assert store.settings["motion"] == {"offsets": [1, 2, 3], "size": 256}
+    assert store.settings["motion"] == {"offsets": [1, 2, 3], "size": 256, "flow": "dis-fast"}
     assert list(store.table.columns[-len(MOTION_COLUMNS):]) == MOTION_COLUMNS
     motion = store.motion()
     assert motion.shape == (6, len(MOTION_FEATURES)) and np.isfinite(motion).all()
@@ -135,6 +136,13 @@ def test_prepare_with_motion_stores_the_features_and_without_says_how_to_get_the
     assert main(["prepare", str(tmp_path / "clips"), "--out", str(tmp_path / "plain"), "--frames", "2",
                  "--size", "64"]) == 0
     capsys.readouterr()
+    # Another optical flow is another store: resuming this one with it is refused.
+    assert main(["prepare", str(tmp_path / "clips"), "--out", str(tmp_path / "faces"), "--step", "10",
+                 "--frames", "3", "--margin", "0.3", "--size", "64", "--motion", "dis-medium"]) == 2
+    assert "flow" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["prepare", str(tmp_path / "clips"), "--out", str(tmp_path / "x"), "--motion", "farneback"])
+    assert exit_info.value.code == 2 and "invalid choice" in capsys.readouterr().err
     plain = FaceStore(tmp_path / "plain")
     assert "motion" not in plain.settings and "motion_residual_face" not in plain.table
     with pytest.raises(UnmaskError, match="prepare the faces again with --motion"):

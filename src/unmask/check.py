@@ -155,8 +155,13 @@ class Checker:
         motion = self.model.input.get("motion") if self.model.needs_motion else None
         if self.model.needs_motion and not motion:
             raise UnmaskError(f"model {self.model.path} judges motion but its card does not say how it was measured")
-        self._motion = None if motion is None else MotionSampling(tuple(motion["offsets"]), int(motion["size"]))
+        self._motion = None if motion is None else MotionSampling.from_record(motion)
         """How the model's motion features were measured (None: it judges single frames)."""
+
+    def frames_to_read(self, frame_count: int) -> list[int]:
+        """The sampled frames, and their neighbours when the model judges motion."""
+        sampled = self.settings.frame_indices(frame_count)
+        return sampled if self._motion is None else wanted_frames(sampled, self._motion)
 
     def model_info(self) -> dict:
         card = self.model.card
@@ -173,11 +178,8 @@ class Checker:
         started = time.perf_counter()
         result = CheckResult(path=name or str(path), verdict=NO_FACE, fake_probability=None, certainty="",
                              threshold=self.model.threshold, model=self.model_info(), aggregate=self.aggregate)
-        motion = self._motion
-        wanted = self.settings.frame_indices if motion is None else (
-            lambda count: wanted_frames(self.settings.frame_indices(count), motion))
         try:
-            info, decoded = read_frames(Path(path), wanted)
+            info, decoded = read_frames(Path(path), self.frames_to_read)
         except UnmaskError as err:
             result.verdict, result.error = ERROR, str(err).removeprefix(f"{path}: ")
             result.elapsed_s = time.perf_counter() - started

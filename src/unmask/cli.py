@@ -14,6 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from unmask import __version__
+from unmask.config import FLOWS, MOTION_ON
 from unmask.errors import UnmaskError
 
 # Idle OpenMP threads sleep instead of spinning: on a small shared CPU, spinning threads made
@@ -78,9 +79,10 @@ def _prepare_command(parser: argparse.ArgumentParser):
     parser.add_argument("--min-face-size", type=_positive_int, help="smallest face searched, in pixels (default: 40)")
     parser.add_argument("--margin", type=float, help="border added around the box, fraction of its size (seed: 0)")
     parser.add_argument("--size", type=_positive_int, help="side of the square face crop (seed: 320)")
-    parser.add_argument("--motion", action="store_true",
+    parser.add_argument("--motion", nargs="?", const=MOTION_ON.flow, choices=FLOWS, metavar="FLOW",
                         help="also read the 3 frames after each sampled one and store each face's motion "
-                             "residual features (what the default model mesonet-motion judges besides the crop)")
+                             "residual features (what the default model mesonet-motion judges besides the crop); "
+                             f"FLOW: optical flow, one of {', '.join(FLOWS)} (default: {MOTION_ON.flow})")
     parser.add_argument("--workers", type=_positive_int, default=None,
                         help="parallel processes (default: number of CPU cores)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
@@ -108,7 +110,7 @@ def cluster_options(args: argparse.Namespace) -> dict:
 
 
 def _prepare_config(args: argparse.Namespace):
-    from unmask.config import MOTION_ON, preset
+    from unmask.config import preset
 
     base = preset(args.preset)
     frames = replace(base.frames, **{k: v for k, v in (("step", args.step), ("max_frames", args.frames)) if v})
@@ -117,7 +119,8 @@ def _prepare_config(args: argparse.Namespace):
         "margin": args.margin, "size": args.size, "device": args.device,
     }
     faces = replace(base.faces, **{k: v for k, v in face_overrides.items() if v is not None})
-    return replace(base, frames=frames, faces=faces, motion=MOTION_ON if args.motion else base.motion)
+    return replace(base, frames=frames, faces=faces,
+                   motion=replace(MOTION_ON, flow=args.motion) if args.motion else base.motion)
 
 
 def _run_prepare(args: argparse.Namespace) -> int:

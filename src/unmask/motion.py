@@ -2,7 +2,7 @@
 head's own motion is taken out, beside how much its surroundings change.
 
 Why: face-swap tools (FaceForensics++'s Deepfakes among them) make the face frame by frame,
-so after compensating the motion with dense optical flow (Farnebäck, OpenCV), the swapped
+so after compensating the motion with dense optical flow (DIS, OpenCV), the swapped
 region keeps a flicker that the hair, neck and background around it do not have, and its
 flow field is rougher and drifts against the head. One sampled frame is compared with each
 of the following ``offsets`` frames; the features are the mean over those pairs.
@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
 
 import cv2
 import numpy as np
@@ -37,11 +38,14 @@ FACE_AXES = (1.0, 1.35)
 """The face ellipse's half-axes: eye distance across, eye-to-mouth distance along the face."""
 FACE_INSIDE, EDGE_BAND, OUTSIDE_FROM = 0.8, (0.85, 1.15), 1.3
 """Regions by elliptical radius: face < 0.8, edge 0.85-1.15, outside > 1.3."""
+DIS_PRESETS = {"dis-ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST, "dis-fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
+               "dis-medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM}
+"""``MotionSampling.flow`` -> OpenCV's DIS optical flow preset."""
 
 
-def face_regions(keypoints: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Boolean masks (face, edge, outside) of a ``size`` x ``size`` crop from its 5 keypoints
-    (left eye, right eye, nose, mouth left, mouth right) in crop coordinates."""
+def region_labels(keypoints: np.ndarray, size: int) -> np.ndarray:
+    """(size, size) uint8 map of a crop's regions from its 5 keypoints (left eye, right eye, nose,
+    mouth left, mouth right) in crop coordinates: 0 face, 1 edge, 2 outside, 3 none (the gaps)."""
     keypoints = np.asarray(keypoints, dtype=np.float32)
     eyes, mouth = keypoints[:2].mean(axis=0), keypoints[3:5].mean(axis=0)
     across = keypoints[1] - keypoints[0]
@@ -49,36 +53,60 @@ def face_regions(keypoints: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarr
     eyes_to_mouth = max(float(np.hypot(*(mouth - eyes))), 1.0)
     centre = 0.45 * eyes + 0.55 * mouth
     angle = np.arctan2(across[1], across[0])
-    ys, xs = np.mgrid[:size, :size].astype(np.float32)
-    dx, dy = xs - centre[0], ys - centre[1]
+    dx, dy = _grid(size)[..., 0] - centre[0], _grid(size)[..., 1] - centre[1]
     u = dx * np.cos(angle) + dy * np.sin(angle)
     v = -dx * np.sin(angle) + dy * np.cos(angle)
     radius = np.hypot(u / (FACE_AXES[0] * eye_distance), v / (FACE_AXES[1] * eyes_to_mouth))
-    return radius < FACE_INSIDE, (radius > EDGE_BAND[0]) & (radius < EDGE_BAND[1]), radius > OUTSIDE_FROM
+    labels = np.full((size, size), len(REGIONS), dtype=np.uint8)
+    labels[radius > OUTSIDE_FROM] = 2
+    labels[(radius > EDGE_BAND[0]) & (radius < EDGE_BAND[1])] = 1
+    labels[radius < FACE_INSIDE] = 0
+    return labels
 
 
-def _log_mean(values: np.ndarray, mask: np.ndarray, floor: float) -> float:
-    return float(np.log(values[mask].mean() + floor)) if mask.any() else np.nan
-
-
-def pair_features(first: np.ndarray, second: np.ndarray, regions: Sequence[np.ndarray]) -> np.ndarray:
-    """``MOTION_FEATURES`` of one pair of grey crops of the same region, ``first`` the earlier."""
-    size = first.shape[0]
-    flow = cv2.calcOpticalFlowFarneback(first, second, None, pyr_scale=0.5, levels=3,
-                                        winsize=max(5, round(15 * size / 256)), iterations=3, poly_n=5,
-                                        poly_sigma=1.2, flags=0)
+@lru_cache(maxsize=4)
+def _grid(size: int) -> np.ndarray:
+    """(size, size, 2) float32 pixel coordinates (x, y), shared and read-only."""
     ys, xs = np.mgrid[:size, :size].astype(np.float32)
-    warped = cv2.remap(second, xs + flow[..., 0], ys + flow[..., 1], cv2.INTER_LINEAR)
-    residual = warped.astype(np.float32) - first.astype(np.float32)
+    grid = np.dstack([xs, ys])
+    grid.flags.writeable = False
+    return grid
+
+
+def region_averager(keypoints: np.ndarray, size: int) -> np.ndarray:
+    """(3, (size/2)^2) float32 matrix whose product with per-pixel values of a ``size`` crop,
+    area-averaged to half its side, gives each region's mean (a row of NaN for an empty region).
+    Why half: means over a region barely change, and one small product replaces many masks."""
+    labels = region_labels(np.asarray(keypoints, dtype=np.float32) / 2, size // 2).ravel()
+    rows = np.zeros((len(REGIONS), labels.size), dtype=np.float32)
+    for region in range(len(REGIONS)):
+        inside = labels == region
+        rows[region] = inside / inside.sum() if inside.any() else np.nan
+    return rows
+
+
+def pair_features(first: np.ndarray, second: np.ndarray, averager: np.ndarray,
+                  flow: cv2.DISOpticalFlow) -> np.ndarray:
+    """``MOTION_FEATURES`` of one pair of grey crops of the same region, ``first`` the earlier;
+    ``averager`` from ``region_averager``, ``flow`` an OpenCV DIS optical flow."""
+    size = first.shape[0]
+    motion = flow.calc(first, second, None)
+    warped = cv2.remap(second, cv2.add(motion, _grid(size)), None, cv2.INTER_LINEAR)
+    residual = cv2.subtract(warped, first, dtype=cv2.CV_32F)
     fine = residual - cv2.GaussianBlur(residual, (0, 0), 2.0 * size / 256)
-    roughness = sum(cv2.Sobel(flow, cv2.CV_32F, dx, dy) ** 2 for dx, dy in ((1, 0), (0, 1))).sum(axis=-1)
-    mean_flow = [flow[mask].mean(axis=0) if mask.any() else np.full(2, np.nan) for mask in regions]
-    head = np.log(np.hypot(*mean_flow[2]) + 1e-2)
+    half = (size // 2, size // 2)
+    energies = [cv2.resize(cv2.multiply(values, values), half, interpolation=cv2.INTER_AREA) for values in (residual, fine)]
+    coarse = cv2.resize(motion, half, interpolation=cv2.INTER_AREA)  # the flow field, measured at half its side
+    gradient_x, gradient_y = (cv2.Sobel(coarse, cv2.CV_32F, dx, dy) for dx, dy in ((1, 0), (0, 1)))
+    roughness = cv2.add(cv2.multiply(gradient_x, gradient_x), cv2.multiply(gradient_y, gradient_y))
+    columns = [values.reshape(averager.shape[1], -1) for values in (*energies, roughness, coarse)]
+    means = averager @ np.column_stack(columns)  # (region, quantity)
+    head = np.log(np.hypot(*means[2, 4:6]) + 1e-2)
     return np.array([
-        *(_log_mean(residual ** 2, mask, 1e-3) for mask in regions),
-        *(_log_mean(fine ** 2, mask, 1e-3) for mask in regions),
-        *(_log_mean(roughness, mask, 1e-6) for mask in regions),
-        np.log(np.hypot(*(mean_flow[0] - mean_flow[2])) + 1e-2) - head,
+        *np.log(means[:, 0] + 1e-3),
+        *np.log(means[:, 1] + 1e-3),
+        *np.log(means[:, 2] + means[:, 3] + 1e-6),
+        np.log(np.hypot(*(means[0, 4:6] - means[2, 4:6])) + 1e-2) - head,
         head,
     ], dtype=np.float32)
 
@@ -90,11 +118,12 @@ def motion_features(images: Sequence[np.ndarray], box: Sequence[float], keypoint
     The face's crop region (its box grown by ``margin``) is cut from every frame alike.
     All NaN when there is no later frame (a photo, the last frame of a video)."""
     size = settings.size
-    grey = [cv2.cvtColor(crop_face(image, box, margin, size), cv2.COLOR_RGB2GRAY) for image in images]
+    grey = [crop_face(image, box, margin, size, grey=True) for image in images]
     if len(grey) < 2:
         return np.full(len(MOTION_FEATURES), np.nan, dtype=np.float32)
-    regions = face_regions(keypoints_in_crop(keypoints, box, images[0].shape, margin, size), size)
-    return np.mean([pair_features(grey[0], later, regions) for later in grey[1:]], axis=0).astype(np.float32)
+    averager = region_averager(keypoints_in_crop(keypoints, box, images[0].shape, margin, size), size)
+    flow = cv2.DISOpticalFlow_create(DIS_PRESETS[settings.flow])  # one per call: not shared between threads
+    return np.mean([pair_features(grey[0], later, averager, flow) for later in grey[1:]], axis=0).astype(np.float32)
 
 
 def motion_features_of_faces(faces: Sequence[tuple[Sequence[np.ndarray], Sequence[float], np.ndarray]],

@@ -258,6 +258,9 @@ def _faces(result: CheckResult, shown: list[int], heatmaps: np.ndarray | None, m
     if heatmaps is not None:
         note = ("Beside each face, a Grad-CAM heatmap: red marks the regions that pushed the score "
                 "towards fake the most (each map is scaled to its own peak).")
+        if model.needs_motion:
+            note += (" The map shows what the CNN saw in the crop; the score also weighs how the face changed "
+                     "over the next frames, which has no map.")
     else:
         note = (f"Heatmaps are not available for this model kind ({_e(model.card['estimator']['name'])} on "
                 f"{_e(model.card.get('features', 'features'))}): only CNN models can show what drove a score.")

@@ -7,7 +7,8 @@ Layout of a store folder::
     shards/<id>.npy     the faces of one video, (n, size, size, 3) uint8 RGB
     shards/<id>.json    that video's record and its face rows; its presence marks the video done
     faces.npy           all faces, in table order (built by ``commit``)
-    faces.csv           one row per face (``row`` indexes faces.npy)
+    faces.csv           one row per face (``row`` indexes faces.npy); with ``--motion`` also the
+                        face's motion residual features (``motion_*`` columns, ``unmask.motion``)
     videos.csv          one row per video: status (ok / no-face / error), reason, counts, timings
 
 Every file is written to a temporary name and renamed, so a killed run leaves only whole

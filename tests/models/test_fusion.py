@@ -25,7 +25,8 @@ from conftest import face_frames
 from test_motion import flickering
 
 CARD = {"title": "fusion", "estimator": {"name": "mesonet-motion", "params": {}},
-        "input": {"size": 64, "margin": 0.3, "needs": ["motion"], "motion": {"offsets": [1, 2, 3], "size": 256}}}
+        "input": {"size": 64, "margin": 0.3, "needs": ["motion"],
+                  "motion": {"offsets": [1, 2, 3], "size": 256, "flow": "dis-fast"}}}
 
 
 def made_up(count: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -100,7 +101,8 @@ def test_prepare_train_and_check_a_flickering_face_end_to_end(tmp_path, capsys):
     assert main(["train", str(tmp_path / "faces"), "--model", "mesonet-motion", "--split", "none",
                  "--out", str(tmp_path / "model")]) == 0
     card = json.loads((tmp_path / "model" / "card.json").read_text())
-    assert card["input"]["motion"] == {"offsets": [1, 2, 3], "size": 256} and card["input"]["needs"] == ["motion"]
+    assert card["input"]["motion"] == {"offsets": [1, 2, 3], "size": 256, "flow": "dis-fast"}
+    assert card["input"]["needs"] == ["motion"]
     capsys.readouterr()
     # Clips it has not seen: the checker reads each sampled frame's neighbours itself.
     honest = face_frames(40, width=640, height=480, seed=3)
@@ -119,3 +121,15 @@ def test_prepare_train_and_check_a_flickering_face_end_to_end(tmp_path, capsys):
     assert main(["evaluate", str(tmp_path / "model"), str(tmp_path / "plain")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--motion" in err
+
+
+def test_without_cnn_it_weighs_the_motion_features_alone(tmp_path):
+    faces, labels, motion = made_up(100, seed=5)
+    alone = create_model("mesonet-motion", archs=[]).fit(faces, labels, motion=motion)
+    assert alone.cnn_ is None and list(alone.weighting()) == list(MOTION_FEATURES)
+    assert alone.gradcam(faces[:2]) is None
+    loaded = load_model(save_model(alone, tmp_path / "alone", {**CARD, "estimator": {
+        "name": "mesonet-motion", "params": {"archs": []}}}))
+    assert not any(name.startswith("cnn.") for name in alone.weights())
+    np.testing.assert_allclose(loaded.fake_probability(faces, motion), alone.predict_proba(faces, motion=motion)[:, 1],
+                               rtol=1e-6)

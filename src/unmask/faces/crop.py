@@ -18,12 +18,17 @@ def crop_box(box: Sequence[float], image_shape: tuple[int, ...], margin: float =
     return left, top, max(right, left + 1), max(bottom, top + 1)
 
 
-def crop_face(image: np.ndarray, box: Sequence[float], margin: float = 0.0, size: int = 320) -> np.ndarray:
-    """A ``size`` x ``size`` x 3 uint8 face crop (area interpolation when shrinking, cubic when growing)."""
+def crop_face(image: np.ndarray, box: Sequence[float], margin: float = 0.0, size: int = 320,
+              grey: bool = False) -> np.ndarray:
+    """A ``size`` x ``size`` x 3 uint8 face crop (area interpolation when shrinking, cubic when growing);
+    ``grey``: ``size`` x ``size`` luma, made before resizing (a third of the work) and grown linearly."""
     left, top, right, bottom = crop_box(box, image.shape, margin)
     region = image[top:bottom, left:right]
     shrinking = region.shape[0] > size or region.shape[1] > size
-    return cv2.resize(region, (size, size), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_CUBIC)
+    if grey:
+        region = cv2.cvtColor(region, cv2.COLOR_RGB2GRAY)
+    growing = cv2.INTER_LINEAR if grey else cv2.INTER_CUBIC
+    return cv2.resize(region, (size, size), interpolation=cv2.INTER_AREA if shrinking else growing)
 
 
 def keypoints_in_crop(keypoints: np.ndarray, box: Sequence[float], image_shape: tuple[int, ...],

@@ -46,7 +46,7 @@ class MotionFusion(LogitClassifierMixin, BaseEstimator):
     Parameters
     ----------
     archs, member_params, seed : the CNN part, a ``LogitEnsemble`` (by default the released
-        MesoInception-4 and Meso-4 as they are).
+        MesoInception-4 and Meso-4 as they are); no archs: the motion features alone.
     C : inverse L2 strength of the logistic regression (on standardised inputs).
 
     ``fit`` and ``predict_proba`` take ``motion``: (N, len(MOTION_FEATURES)) from a store
@@ -63,7 +63,9 @@ class MotionFusion(LogitClassifierMixin, BaseEstimator):
         self.C = C
         self.seed = seed
 
-    def _ensemble(self) -> LogitEnsemble:
+    def _ensemble(self) -> LogitEnsemble | None:
+        if not list(self.archs):
+            return None
         return LogitEnsemble(self.archs, {"init": "released", "epochs": 0, **(self.member_params or {})}, self.seed)
 
     def _inputs(self, X: np.ndarray, motion: np.ndarray | None) -> np.ndarray:
@@ -73,12 +75,15 @@ class MotionFusion(LogitClassifierMixin, BaseEstimator):
         motion = np.asarray(motion, dtype=np.float32)
         if motion.shape != (len(X), len(MOTION_FEATURES)):
             raise UnmaskError(f"motion features must be (faces, {len(MOTION_FEATURES)}), not {motion.shape}")
+        if self.cnn_ is None:
+            return motion
         return np.column_stack([motion, self.cnn_.decision_function(X)])
 
     def fit(self, X: np.ndarray, y: np.ndarray, groups: Iterable[Any] | None = None,
             keypoints: np.ndarray | None = None, motion: np.ndarray | None = None) -> MotionFusion:
         """Fit the CNN part (nothing to do for released nets), then the weighing on its logits."""
-        self.cnn_ = self._ensemble().fit(X, y, groups=groups, keypoints=keypoints)
+        ensemble = self._ensemble()
+        self.cnn_ = None if ensemble is None else ensemble.fit(X, y, groups=groups, keypoints=keypoints)
         inputs = self._inputs(X, motion)
         if np.isnan(inputs).all(axis=0).any():
             raise UnmaskError("a motion feature is missing for every training face (no later frames?)")
@@ -95,9 +100,9 @@ class MotionFusion(LogitClassifierMixin, BaseEstimator):
             head.linear.bias.copy_(torch.from_numpy(regression.intercept_.astype(np.float32)))
         return self._adopt(self.cnn_, head)
 
-    def _adopt(self, cnn: LogitEnsemble, head: StandardisedLinear) -> MotionFusion:
+    def _adopt(self, cnn: LogitEnsemble | None, head: StandardisedLinear) -> MotionFusion:
         self.cnn_, self.head_ = cnn, head.eval()
-        self.net_ = nn.ModuleList([cnn.net_, head])
+        self.net_ = nn.ModuleList([head] if cnn is None else [cnn.net_, head])
         self.classes_ = np.array([0, 1])
         return self
 
@@ -118,22 +123,25 @@ class MotionFusion(LogitClassifierMixin, BaseEstimator):
     def weighting(self) -> dict[str, float]:
         """How much each standardised input moves the logit: the regression's coefficients."""
         check_is_fitted(self, "head_")
-        names = [*MOTION_FEATURES, "cnn_logit"]
+        names = [*MOTION_FEATURES, *(["cnn_logit"] if self.cnn_ is not None else [])]
         return dict(zip(names, self.head_.linear.weight.detach().cpu().numpy().ravel().tolist()))
 
     def preprocessing(self) -> dict[str, Any]:
         """The CNN part's crops, plus the motion features this model also needs."""
-        return {**self._ensemble().preprocessing(), "needs": ["motion"], "motion_features": list(MOTION_FEATURES)}
+        ensemble = self._ensemble()
+        crops = {"crop_margin": 0.3} if ensemble is None else ensemble.preprocessing()
+        return {**crops, "needs": ["motion"], "motion_features": list(MOTION_FEATURES)}
 
-    def gradcam(self, X: np.ndarray) -> np.ndarray:
-        """What drove the CNN part's score (the motion part has no map)."""
-        check_is_fitted(self, "cnn_")
-        return self.cnn_.gradcam(X)
+    def gradcam(self, X: np.ndarray) -> np.ndarray | None:
+        """What drove the CNN part's score (the motion part has no map; None without a CNN)."""
+        check_is_fitted(self, "head_")
+        return None if self.cnn_ is None else self.cnn_.gradcam(X)
 
     def weights(self) -> dict[str, torch.Tensor]:
         check_is_fitted(self, "head_")
         head = {f"head.{name}": tensor.detach().cpu().contiguous() for name, tensor in self.head_.state_dict().items()}
-        return {**{f"cnn.{name}": tensor for name, tensor in self.cnn_.weights().items()}, **head}
+        cnn = {} if self.cnn_ is None else self.cnn_.weights()
+        return {**{f"cnn.{name}": tensor for name, tensor in cnn.items()}, **head}
 
     def load_weights(self, state: dict[str, torch.Tensor]) -> MotionFusion:
         """Make this model the one ``weights()`` saved, ready to predict without ``fit``."""
@@ -143,12 +151,13 @@ class MotionFusion(LogitClassifierMixin, BaseEstimator):
             if part not in parts:
                 raise UnmaskError(f"weight {name!r} belongs to no part of this model")
             parts[part][rest] = tensor
-        head = StandardisedLinear(len(MOTION_FEATURES) + 1)
+        ensemble = self._ensemble()
+        head = StandardisedLinear(len(MOTION_FEATURES) + (ensemble is not None))
         try:
             head.load_state_dict(parts["head"])
         except RuntimeError as error:
             raise UnmaskError(f"these weights do not fit this model's weighing: {error}") from None
-        return self._adopt(self._ensemble().load_weights(parts["cnn"]), head)
+        return self._adopt(None if ensemble is None else ensemble.load_weights(parts["cnn"]), head)
 
 
 @MODELS.register("mesonet-motion", help="released MesoInception-4 + Meso-4 and motion residual features, weighed "

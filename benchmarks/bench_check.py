@@ -3,8 +3,8 @@ the same frames alone.
 
 The checker (detector and model) is loaded once, as `unmask serve` keeps it; each video is
 then checked with ``Checker.check`` and, separately, only decoded (the same frames,
-``Checker.frames_to_read``: with a model that judges motion, each sampled frame's neighbours too). Prints the machine and its load, medians over the FF++
-sample's c23 videos (originals and Deepfakes) and over a generated 10-second 720p video, and
+``Checker.frames_to_read``: with a model that judges motion, each sampled frame's neighbours
+too). Prints the machine and its load, medians over the FF++ sample's c23 videos (originals and Deepfakes) and over a generated 10-second 720p video, and
 the ratio check / decode-only. Target: a 10-second 720p video in under 2 s on 2 CPU cores.
 CPU seconds are printed beside wall seconds: on a machine shared with other jobs, CPU
 seconds / cores is what the check would take on idle cores.

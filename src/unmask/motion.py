@@ -95,7 +95,8 @@ def pair_features(first: np.ndarray, second: np.ndarray, averager: np.ndarray,
     residual = cv2.subtract(warped, first, dtype=cv2.CV_32F)
     fine = residual - cv2.GaussianBlur(residual, (0, 0), 2.0 * size / 256)
     half = (size // 2, size // 2)
-    energies = [cv2.resize(cv2.multiply(values, values), half, interpolation=cv2.INTER_AREA) for values in (residual, fine)]
+    energies = [cv2.resize(cv2.multiply(values, values), half, interpolation=cv2.INTER_AREA)
+                for values in (residual, fine)]
     coarse = cv2.resize(motion, half, interpolation=cv2.INTER_AREA)  # the flow field, measured at half its side
     gradient_x, gradient_y = (cv2.Sobel(coarse, cv2.CV_32F, dx, dy) for dx, dy in ((1, 0), (0, 1)))
     roughness = cv2.add(cv2.multiply(gradient_x, gradient_x), cv2.multiply(gradient_y, gradient_y))

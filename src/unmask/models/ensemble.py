@@ -103,8 +103,8 @@ class LogitEnsemble(LogitClassifierMixin, BaseEstimator):
         return self._adopt([member.load_weights(parts[str(i)]) for i, member in enumerate(members)])
 
 
-@MODELS.register("mesonet-ensemble", help="the default model: mean logit of MesoInception-4 and Meso-4, released "
-                                          "weights (--param epochs=N fine-tunes both)")
+@MODELS.register("mesonet-ensemble", help="mean logit of MesoInception-4 and Meso-4, released weights "
+                                          "(--param epochs=N fine-tunes both)")
 def _mesonet_ensemble(features: Any = None, random_state: int = 42, **params: Any) -> LogitEnsemble:
     images_only(features)
     return LogitEnsemble(("mesoinception4", "meso4"), {"init": "released", "epochs": 0, **params}, random_state)

@@ -2,10 +2,11 @@
 
 Why: the released MesoNets judge a single frame's texture; the motion residual features
 (``unmask.motion``) see what frame-by-frame face synthesis does over time. In identity-grouped
-cross-validation on the FF++ sample each alone scored below the two together
-(``benchmarks/bench_cnn.py``). The weighing is a logistic regression on the standardised
-features and the CNN's logit, so it learns how far to trust each; it is kept as a tiny torch
-module, so the whole model is saved as safetensors like any CNN.
+cross-validation on the FF++ sample the two together scored above the CNNs alone, and at frame
+level above the motion features alone (``benchmarks/bench_cnn.py``); with Meso-4 alone as the
+CNN as well as with both MesoNets, at less than half the cost. The weighing is a logistic
+regression on the standardised features and the CNN's logit, so it learns how far to trust each;
+it is kept as a tiny torch module, so the whole model is saved as safetensors like any CNN.
 """
 from __future__ import annotations
 
@@ -46,7 +47,8 @@ class MotionFusion(LogitClassifierMixin, BaseEstimator):
     Parameters
     ----------
     archs, member_params, seed : the CNN part, a ``LogitEnsemble`` (by default the released
-        MesoInception-4 and Meso-4 as they are); no archs: the motion features alone.
+        Meso-4 as it is; ``("mesoinception4", "meso4")`` for both MesoNets); no archs: the
+        motion features alone.
     C : inverse L2 strength of the logistic regression (on standardised inputs).
 
     ``fit`` and ``predict_proba`` take ``motion``: (N, len(MOTION_FEATURES)) from a store
@@ -56,7 +58,7 @@ class MotionFusion(LogitClassifierMixin, BaseEstimator):
     ``net_`` (both, so ``net_.to(device)`` moves them), ``classes_``.
     """
 
-    def __init__(self, archs: Iterable[str] = ("mesoinception4", "meso4"), member_params: dict | None = None,
+    def __init__(self, archs: Iterable[str] = ("meso4",), member_params: dict | None = None,
                  C: float = 10.0, seed: int = 42):
         self.archs = archs
         self.member_params = member_params
@@ -160,7 +162,7 @@ class MotionFusion(LogitClassifierMixin, BaseEstimator):
         return self._adopt(None if ensemble is None else ensemble.load_weights(parts["cnn"]), head)
 
 
-@MODELS.register("mesonet-motion", help="released MesoInception-4 + Meso-4 and motion residual features, weighed "
+@MODELS.register("mesonet-motion", help="the default model: released Meso-4 and motion residual features, weighed "
                                         "by a logistic regression (needs faces prepared with --motion)")
 def _mesonet_motion(features: Any = None, random_state: int = 42, **params: Any) -> MotionFusion:
     images_only(features)

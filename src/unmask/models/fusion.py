@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator
 from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
@@ -70,13 +71,18 @@ class MotionFusion(LogitClassifierMixin, BaseEstimator):
             return None
         return LogitEnsemble(self.archs, {"init": "released", "epochs": 0, **(self.member_params or {})}, self.seed)
 
-    def _inputs(self, X: np.ndarray, motion: np.ndarray | None) -> np.ndarray:
+    @staticmethod
+    def _motion(X: np.ndarray, motion: np.ndarray | None) -> np.ndarray:
         if motion is None:
             raise UnmaskError("this model needs motion features: prepare the faces with --motion "
                               "(`unmask check` reads them from the video itself)")
         motion = np.asarray(motion, dtype=np.float32)
         if motion.shape != (len(X), len(MOTION_FEATURES)):
             raise UnmaskError(f"motion features must be (faces, {len(MOTION_FEATURES)}), not {motion.shape}")
+        return motion
+
+    def _inputs(self, X: np.ndarray, motion: np.ndarray | None) -> np.ndarray:
+        motion = self._motion(X, motion)
         if self.cnn_ is None:
             return motion
         return np.column_stack([motion, self.cnn_.decision_function(X)])
@@ -84,20 +90,18 @@ class MotionFusion(LogitClassifierMixin, BaseEstimator):
     def fit(self, X: np.ndarray, y: np.ndarray, groups: Iterable[Any] | None = None,
             keypoints: np.ndarray | None = None, motion: np.ndarray | None = None) -> MotionFusion:
         """Fit the CNN part (nothing to do for released nets), then the weighing on its logits."""
+        if np.isnan(self._motion(X, motion)).all(axis=0).any():
+            raise UnmaskError("a motion feature is missing for every training face (no later frames?)")
         ensemble = self._ensemble()
         self.cnn_ = None if ensemble is None else ensemble.fit(X, y, groups=groups, keypoints=keypoints)
         inputs = self._inputs(X, motion)
-        if np.isnan(inputs).all(axis=0).any():
-            raise UnmaskError("a motion feature is missing for every training face (no later frames?)")
-        mean = np.nanmean(inputs, axis=0)
-        scale = np.nanstd(inputs, axis=0)
-        scale[scale == 0] = 1.0
-        standardised = np.nan_to_num((inputs - mean) / scale, nan=0.0)
+        scaler = StandardScaler().fit(inputs)  # NaN-aware: a missing feature is left out of its statistics
+        standardised = np.nan_to_num(scaler.transform(inputs), nan=0.0)
         regression = LogisticRegression(C=self.C, max_iter=10_000).fit(standardised, np.asarray(y, dtype=int))
         head = StandardisedLinear(inputs.shape[1])
         with torch.no_grad():
-            head.mean.copy_(torch.from_numpy(mean.astype(np.float32)))
-            head.scale.copy_(torch.from_numpy(scale.astype(np.float32)))
+            head.mean.copy_(torch.from_numpy(scaler.mean_.astype(np.float32)))
+            head.scale.copy_(torch.from_numpy(scaler.scale_.astype(np.float32)))
             head.linear.weight.copy_(torch.from_numpy(regression.coef_.astype(np.float32)))
             head.linear.bias.copy_(torch.from_numpy(regression.intercept_.astype(np.float32)))
         return self._adopt(self.cnn_, head)

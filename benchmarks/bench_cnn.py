@@ -62,6 +62,12 @@ def store_of(name: str, data: Path, methods, compressions, config: PrepareConfig
     return FaceStore(path)
 
 
+def deepfakes_store(data: Path) -> FaceStore:
+    """The FF++ sample's Deepfakes and originals, c23 + c40, CNN crops with motion features:
+    what every cross-validated figure here and in bench_ddp is measured on."""
+    return store_of("ffpp-deepfakes-m30-motion", data, ["Deepfakes"], ["c23", "c40"], CNN_CROPS)
+
+
 def spread(cv: dict, key: str) -> str:
     stats = cv["summary"].get(key)
     return f"{stats['mean']:.3f} ± {stats['std']:.3f}" if stats else "n/a"
@@ -111,7 +117,7 @@ def motion_rate(store: FaceStore, faces: int = 32, repeats: int = 5) -> float:
 
 
 def cross_validation_table(data: Path, folds: int) -> None:
-    cnn_store = store_of("ffpp-deepfakes-m30-motion", data, ["Deepfakes"], ["c23", "c40"], CNN_CROPS)
+    cnn_store = deepfakes_store(data)
     seed_store = store_of("ffpp-deepfakes-seed", data, ["Deepfakes"], ["c23", "c40"], preset("seed"))
     table = cnn_store.table
     print(f"data: FF++ sample, Deepfakes + originals, c23 + c40: {len(table)} faces, "
@@ -144,7 +150,7 @@ def cross_validation_table(data: Path, folds: int) -> None:
 def repeated_cv(data: Path, folds: int, repeats: int) -> None:
     """The default model against the released nets alone under ``repeats`` fold assignments:
     one assignment's mean is luck of the draw on 74 videos; the paired difference is not."""
-    store = store_of("ffpp-deepfakes-m30-motion", data, ["Deepfakes"], ["c23", "c40"], CNN_CROPS)
+    store = deepfakes_store(data)
     names = (DEFAULT, "released MesoNets, mean logit")
     means = {name: {"frame_roc_auc": [], "video_roc_auc": []} for name in names}
     for seed in range(1, repeats + 1):
@@ -166,7 +172,7 @@ def repeated_cv(data: Path, folds: int, repeats: int) -> None:
 
 def generalisation_tables(data: Path) -> None:
     options = CANDIDATES["fine-tuned Meso-4 (+SBI)"]
-    deepfakes = store_of("ffpp-deepfakes-m30-motion", data, ["Deepfakes"], ["c23", "c40"], CNN_CROPS)
+    deepfakes = deepfakes_store(data)
     rows = []
     models = {name: build_estimator(CANDIDATES[name])
               for name in (DEFAULT, "released MesoNets, mean logit", "released MesoInception-4")}

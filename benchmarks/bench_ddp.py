@@ -20,7 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench_cnn import CNN_CROPS, store_of
+from bench_cnn import deepfakes_store
 from common import SHARED_DATA, machine, markdown_table, median
 
 
@@ -41,7 +41,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     cores = len(os.sched_getaffinity(0))
-    store = store_of("ffpp-deepfakes-m30", args.data, ["Deepfakes"], ["c23", "c40"], CNN_CROPS)
+    store = deepfakes_store(args.data)
     train = ["unmask", "train", str(store.root), "--model", "meso4", "--param", "init=released",
              "--param", f"epochs={args.epochs}", "--param", "val_fraction=0", "--split", "none"]
     runs = {

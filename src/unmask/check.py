@@ -156,8 +156,8 @@ class Checker:
         motion = self.model.input.get("motion") if self.model.needs_motion else None
         if self.model.needs_motion and not motion:
             raise UnmaskError(f"model {self.model.path} judges motion but its card does not say how it was measured")
+        # How the model's motion features were measured (None: it judges single frames).
         self._motion = None if motion is None else MotionSampling.from_record(motion)
-        """How the model's motion features were measured (None: it judges single frames)."""
 
     def frames_to_read(self, frame_count: int) -> list[int]:
         """The sampled frames, and their neighbours when the model judges motion."""

@@ -147,3 +147,9 @@ def test_prepare_with_motion_stores_the_features_and_without_says_how_to_get_the
     assert "motion" not in plain.settings and "motion_residual_face" not in plain.table
     with pytest.raises(UnmaskError, match="prepare the faces again with --motion"):
         plain.motion()
+    # A store measured with another set of features (an older unmask) is not read as this one.
+    older = json.loads((tmp_path / "faces" / "store.json").read_text())
+    older["motion_features"] = older["motion_features"][:-1]
+    (tmp_path / "faces" / "store.json").write_text(json.dumps(older))
+    with pytest.raises(UnmaskError, match="older set of motion features"):
+        FaceStore(tmp_path / "faces").motion()

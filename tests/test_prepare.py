@@ -113,6 +113,11 @@ def test_cli_bad_input_gives_one_line_and_nonzero_exit(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["prepare", str(root), "--out", str(tmp_path / "o"), "--frames", "0"])
     assert exit_info.value.code == 2
+    capsys.readouterr()
+    (tmp_path / "dangling").symlink_to(tmp_path / "gone")  # an --out the file system refuses to make
+    assert main(["prepare", str(root), "--out", str(tmp_path / "dangling" / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("unmask prepare: error:") and "dangling" in err
 
 
 def test_nothing_processable_exits_one(tmp_path, capsys):

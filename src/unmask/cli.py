@@ -644,6 +644,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UnmaskError as err:
         print(f"unmask {args.command}: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except OSError as err:  # the file system said no: a path that cannot be made or read, a full disk
+        where = f": {err.filename}" if err.filename else ""
+        print(f"unmask {args.command}: error: {err.strerror or err}{where}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print(f"unmask {args.command}: interrupted (finished work is kept; run again to resume)", file=sys.stderr)
         return 130

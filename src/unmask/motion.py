@@ -4,8 +4,16 @@ head's own motion is taken out, beside how much its surroundings change.
 Why: face-swap tools (FaceForensics++'s Deepfakes among them) make the face frame by frame,
 so after compensating the motion with dense optical flow (DIS, OpenCV), the swapped
 region keeps a flicker that the hair, neck and background around it do not have, and its
-flow field is rougher and drifts against the head. One sampled frame is compared with each
-of the following ``offsets`` frames; the features are the mean over those pairs.
+flow field is rougher and drifts against the head. Each residual is measured twice, as its
+mean square and its mean absolute value: their ratio tells a few large errors (an occlusion,
+a blink, the flow losing track) from a small change spread over the whole face (synthesis).
+One sampled frame is compared with each of the following ``offsets`` frames; the features are
+the mean over those pairs.
+
+Measured while developing (identity-grouped CV of ``mesonet-motion`` on the FF++ sample, mean of
+9 fold assignments, so optimistic for the variant kept): the mean absolute residuals raised frame
+AUC from 0.92 to 0.95; also comparing the 3 frames before added 0.01 at twice the cost; colour
+(chroma) residuals and keeping each offset's features apart added nothing worth their cost.
 
 Regions come from the MTCNN keypoints: an ellipse over eyes, nose and mouth (the "face"),
 a ring at its border (where a swap is blended in: the "edge") and the rest of the crop.
@@ -26,7 +34,9 @@ from unmask.faces.crop import crop_face, keypoints_in_crop
 REGIONS = ("face", "edge", "outside")
 MOTION_FEATURES = (
     *(f"residual_{r}" for r in REGIONS),       # log mean squared residual after motion compensation
-    *(f"fine_residual_{r}" for r in REGIONS),  # the same, of its fine detail (residual minus its blur)
+    *(f"abs_residual_{r}" for r in REGIONS),   # log mean absolute residual
+    *(f"fine_residual_{r}" for r in REGIONS),  # log mean square of its fine detail (residual minus its blur)
+    *(f"abs_fine_residual_{r}" for r in REGIONS),  # log mean absolute fine detail
     *(f"flow_roughness_{r}" for r in REGIONS),  # log mean squared gradient of the flow field
     "face_drift",   # log |mean flow of the face - mean flow outside|, relative to the head's motion
     "head_motion",  # log |mean flow outside the face|
@@ -95,19 +105,18 @@ def pair_features(first: np.ndarray, second: np.ndarray, averager: np.ndarray,
     residual = cv2.subtract(warped, first, dtype=cv2.CV_32F)
     fine = residual - cv2.GaussianBlur(residual, (0, 0), 2.0 * size / 256)
     half = (size // 2, size // 2)
-    energies = [cv2.resize(cv2.multiply(values, values), half, interpolation=cv2.INTER_AREA)
-                for values in (residual, fine)]
+    energies = [cv2.resize(power, half, interpolation=cv2.INTER_AREA)
+                for values in (residual, fine) for power in (cv2.multiply(values, values), np.abs(values))]
     coarse = cv2.resize(motion, half, interpolation=cv2.INTER_AREA)  # the flow field, measured at half its side
     gradient_x, gradient_y = (cv2.Sobel(coarse, cv2.CV_32F, dx, dy) for dx, dy in ((1, 0), (0, 1)))
     roughness = cv2.add(cv2.multiply(gradient_x, gradient_x), cv2.multiply(gradient_y, gradient_y))
     columns = [values.reshape(averager.shape[1], -1) for values in (*energies, roughness, coarse)]
     means = averager @ np.column_stack(columns)  # (region, quantity)
-    head = np.log(np.hypot(*means[2, 4:6]) + 1e-2)
+    head = np.log(np.hypot(*means[2, 6:8]) + 1e-2)
     return np.array([
-        *np.log(means[:, 0] + 1e-3),
-        *np.log(means[:, 1] + 1e-3),
-        *np.log(means[:, 2] + means[:, 3] + 1e-6),
-        np.log(np.hypot(*(means[0, 4:6] - means[2, 4:6])) + 1e-2) - head,
+        *np.log(means[:, 0:4].T.ravel() + 1e-3),  # squared, absolute, fine squared, fine absolute; by region
+        *np.log(means[:, 4] + means[:, 5] + 1e-6),
+        np.log(np.hypot(*(means[0, 6:8] - means[2, 6:8])) + 1e-2) - head,
         head,
     ], dtype=np.float32)
 

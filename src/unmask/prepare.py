@@ -20,7 +20,7 @@ import pandas as pd
 from unmask.config import PrepareConfig, resolve_device
 from unmask.datasets import LABEL_NAMES, DatasetScan, Video
 from unmask.faces.crop import crop_box, crop_face
-from unmask.motion import MOTION_COLUMNS, motion_features, neighbours, wanted_frames
+from unmask.motion import MOTION_COLUMNS, MOTION_FEATURES, motion_features, neighbours, wanted_frames
 from unmask.store import KEYPOINT_COLUMNS, Shard, StoreWriter, write_shard
 from unmask.video import read_frames
 
@@ -196,7 +196,9 @@ def store_settings(config: PrepareConfig) -> dict:
     """What a store records about how it was made (a re-run must use the same)."""
     settings = asdict(config)
     settings["faces"].pop("device")
-    if not config.motion.enabled:  # stores made before motion features existed stay resumable
+    if config.motion.enabled:  # which features: a store measured with another set cannot be resumed
+        settings["motion_features"] = list(MOTION_FEATURES)
+    else:  # stores made before motion features existed stay resumable
         settings.pop("motion")
     return settings
 

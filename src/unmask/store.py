@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from unmask.errors import UnmaskError
-from unmask.motion import MOTION_COLUMNS
+from unmask.motion import MOTION_COLUMNS, MOTION_FEATURES
 
 FORMAT_VERSION = 1
 KEYPOINT_COLUMNS = [f"kp{i}_{axis}" for i in range(5) for axis in ("x", "y")]
@@ -214,6 +214,9 @@ class FaceStore:
         """(N, len(MOTION_COLUMNS)) float32 motion residual features (NaN where a face had no later frame)."""
         if not self.has_motion:
             raise UnmaskError(f"{self.root} has no motion features; prepare the faces again with --motion")
+        if self.settings.get("motion_features") != list(MOTION_FEATURES):
+            raise UnmaskError(f"{self.root} holds an older set of motion features; prepare the faces again "
+                              "with --motion into a new folder")
         table = self.table if rows is None else self.table.iloc[rows]
         return table[MOTION_COLUMNS].to_numpy(np.float32)
 

@@ -25,7 +25,7 @@ from conftest import face_frames
 from test_motion import flickering
 
 CARD = {"title": "fusion", "estimator": {"name": "mesonet-motion", "params": {}},
-        "input": {"size": 64, "margin": 0.3, "needs": ["motion"],
+        "input": {"size": 64, "margin": 0.3, "needs": ["motion"], "motion_features": list(MOTION_FEATURES),
                   "motion": {"offsets": [1, 2, 3], "size": 256, "flow": "dis-fast"}}}
 
 
@@ -74,10 +74,18 @@ def test_saved_as_safetensors_it_scores_the_same(fitted, tmp_path):
                                rtol=1e-6)
     with pytest.raises(UnmaskError, match="needs motion features"):
         loaded.fake_probability(faces)
-    with pytest.raises(UnmaskError, match=r"motion features must be \(faces, 11\)"):
+    with pytest.raises(UnmaskError, match=rf"motion features must be \(faces, {len(MOTION_FEATURES)}\)"):
         loaded.fake_probability(faces, motion[:, :3])
     with pytest.raises(UnmaskError, match="no part of this model"):
         clone(fitted).load_weights({"other.weight": fitted.weights()["head.linear.weight"]})
+
+
+def test_a_model_of_another_motion_feature_set_is_refused(fitted, tmp_path):
+    """A card listing other features than this version measures would be fed the wrong columns."""
+    older = {**CARD, "input": {**CARD["input"], "motion_features": list(MOTION_FEATURES[:-1])}}
+    folder = save_model(fitted, tmp_path / "m", older)
+    with pytest.raises(UnmaskError, match="another set of motion features"):
+        load_model(folder)
 
 
 def test_training_needs_motion_features_that_exist():

@@ -17,6 +17,7 @@ import numpy as np
 from unmask import __version__
 from unmask.errors import UnmaskError
 from unmask.models import per_face_inputs
+from unmask.motion import MOTION_FEATURES
 from unmask.store import atomic_path, write_json
 
 FORMAT = "unmask-model"
@@ -116,6 +117,10 @@ def load_model(path: Path | None = None) -> LoadedModel:
     if card.get("format") != FORMAT or card.get("format_version") != FORMAT_VERSION:
         raise UnmaskError(f"{path}: model format {card.get('format')} v{card.get('format_version')} is not "
                           f"{FORMAT} v{FORMAT_VERSION}; retrain it with this version of unmask")
+    needs = card.get("input", {}).get("needs", ())
+    if "motion" in needs and card["input"].get("motion_features") != list(MOTION_FEATURES):
+        raise UnmaskError(f"{path} judges another set of motion features than this version of unmask measures; "
+                          "retrain it on faces prepared with --motion")
     estimator = _load_torch(path, card) if card["kind"] == "torch" else _load_sklearn(path, card)
     return LoadedModel(estimator, card, path)
 

@@ -212,16 +212,17 @@ def real_videos_elsewhere() -> None:
     talking-head videos from other sources than FF++: none of them trained or chose the model,
     so every FAKE is a false alarm measured outside the data the design was tuned on."""
     checker = Checker()  # the packaged default, default settings
-    by_source: dict[str, list[float]] = {}
+    by_source: dict[str, list[float | None]] = {}  # None: no verdict (no face found, unreadable)
     for video in real_sources(require(SHARED_DATA / "real-faces")):
         if video.path.suffix.lower() in VIDEO_SUFFIXES:
-            result = checker.check(video.path)
-            if result.fake_probability is not None:
-                by_source.setdefault(video.key.split("/")[0], []).append(result.fake_probability)
-    rows = [[source, len(p), sum(x >= checker.model.threshold for x in p), f"{median(p):.2f}", f"{max(p):.2f}"]
-            for source, p in by_source.items()]
+            by_source.setdefault(video.key.split("/")[0], []).append(checker.check(video.path).fake_probability)
+    rows = []
+    for source, scores in by_source.items():
+        judged = [p for p in scores if p is not None]
+        rows.append([source, len(scores), len(scores) - len(judged), sum(p >= checker.model.threshold for p in judged),
+                     f"{median(judged):.2f}", f"{max(judged):.2f}"])
     print(f"packaged default model ({checker.model.name}) on real videos from elsewhere (real-faces/)")
-    print(markdown_table(["source", "videos", "called FAKE", "median P(fake)", "highest P(fake)"], rows))
+    print(markdown_table(["source", "videos", "no verdict", "called FAKE", "median P(fake)", "highest P(fake)"], rows))
 
 
 def _real_faces_store() -> FaceStore:

@@ -86,8 +86,10 @@ def scheduler(tmp_path_factory):
 
 def _same_store(a: Path, b: Path) -> None:
     one, two = FaceStore(a), FaceStore(b)
-    pd.testing.assert_frame_equal(one.table, two.table)
-    pd.testing.assert_frame_equal(one.videos.drop(columns=TIMINGS), two.videos.drop(columns=TIMINGS))
+    # Boxes and confidences to float32 rounding (1e-5): the engines may run torch with other thread counts.
+    pd.testing.assert_frame_equal(one.table, two.table, check_exact=False, rtol=1e-5)
+    pd.testing.assert_frame_equal(one.videos.drop(columns=TIMINGS), two.videos.drop(columns=TIMINGS),
+                                  check_exact=False, rtol=1e-5)
     assert np.array_equal(one.faces, two.faces)
 
 

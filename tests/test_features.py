@@ -42,7 +42,9 @@ def test_chunking_does_not_change_the_result(name):
     faces = random_faces(n=7)
     whole = FEATURES.create(name, chunk_size=100).fit_transform(faces)
     chunked = FEATURES.create(name, chunk_size=3).fit_transform(faces)
-    np.testing.assert_array_equal(whole, chunked)
+    # Equal up to float32 rounding: numpy's FFT may vectorise across a batch, so batches of 7 and 3
+    # differ in the last bits on some machines (2e-7 seen); a classifier cannot tell 1e-5 apart.
+    np.testing.assert_allclose(whole, chunked, rtol=1e-5, atol=1e-6)
 
 
 def test_pixels_are_the_studys_bgr_vector(tmp_path):

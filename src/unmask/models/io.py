@@ -23,8 +23,20 @@ from unmask.store import atomic_path, write_json
 FORMAT = "unmask-model"
 FORMAT_VERSION = 1
 CARD = "card.json"
-TRUSTED_PREFIXES = ("sklearn.", "unmask.", "numpy.", "scipy.", "builtins.")
-"""The only types a skops file may contain for us to load it."""
+SKOPS_ALLOWED_TYPES = frozenset({
+    "sklearn.calibration._CalibratedClassifier",
+    "sklearn.calibration._SigmoidCalibration",
+    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+    "sklearn.tree._tree.Tree",
+    "unmask.features.Pixels",
+    "unmask.features.SmallPixels",
+    "unmask.features.Spectrum",
+    "unmask.models.classical.ChunkedStandardScaler",
+})
+"""Every type beyond skops' own safe defaults that our scikit-learn models contain, by exact
+name. Never a prefix: ``builtins.eval`` and ``numpy.full_like`` are as much "builtins." and
+"numpy." as ``builtins.int``, and a shared model folder must never be able to run code.
+A new model whose file needs another type fails to save until the type is reviewed and added."""
 
 
 def versions() -> dict[str, str]:
@@ -97,9 +109,15 @@ def save_model(estimator: Any, out_dir: Path, card: dict) -> Path:
     else:
         import skops.io
 
-        card.update(kind="sklearn", file="model.skops")
+        data = skops.io.dumps(estimator)
+        types = sorted(skops.io.get_untrusted_types(data=data))
+        unreviewed = [t for t in types if t not in SKOPS_ALLOWED_TYPES]
+        if unreviewed:
+            raise UnmaskError(f"this model contains types unmask does not load: {', '.join(unreviewed)}; "
+                              "review them and add them to unmask.models.io.SKOPS_ALLOWED_TYPES")
+        card.update(kind="sklearn", file="model.skops", skops_types=types)
         with atomic_path(out_dir / card["file"]) as tmp:
-            skops.io.dump(estimator, tmp)
+            tmp.write_bytes(data)
     write_json(out_dir / CARD, card)
     return out_dir
 
@@ -112,43 +130,77 @@ def load_model(path: Path | None = None) -> LoadedModel:
         raise UnmaskError(f"{path} is not a model folder (no {CARD}); make one with `unmask train`")
     try:
         card = json.loads(card_path.read_text())
-    except ValueError as err:
+    except (ValueError, UnicodeDecodeError) as err:
         raise UnmaskError(f"{card_path} is not valid JSON: {err}") from None
+    _check_card(card, card_path)
     if card.get("format") != FORMAT or card.get("format_version") != FORMAT_VERSION:
         raise UnmaskError(f"{path}: model format {card.get('format')} v{card.get('format_version')} is not "
                           f"{FORMAT} v{FORMAT_VERSION}; retrain it with this version of unmask")
-    needs = card.get("input", {}).get("needs", ())
-    if "motion" in needs and card["input"].get("motion_features") != list(MOTION_FEATURES):
+    if "motion" in card["input"].get("needs", ()) and card["input"].get("motion_features") != list(MOTION_FEATURES):
         raise UnmaskError(f"{path} judges another set of motion features than this version of unmask measures; "
                           "retrain it on faces prepared with --motion")
-    estimator = _load_torch(path, card) if card["kind"] == "torch" else _load_sklearn(path, card)
+    file = path / card["file"]
+    if not file.is_file():
+        raise UnmaskError(f"{file} is missing (the model card names it)")
+    load = _load_torch if card["kind"] == "torch" else _load_sklearn
+    try:
+        estimator = load(file, card)
+    except UnmaskError as err:
+        raise UnmaskError(f"{file}: {err}") from None
+    except Exception as err:  # noqa: BLE001 - whatever a damaged file makes a reader raise, the user gets one line
+        raise UnmaskError(f"{file} cannot be read as a {card['kind']} model ({type(err).__name__}: {err}); "
+                          "it is damaged or not a model written by unmask") from None
     return LoadedModel(estimator, card, path)
 
 
-def _load_torch(path: Path, card: dict):
+def _check_card(card: Any, card_path: Path) -> None:
+    """The card's shape, checked before any of it is used, so a broken card is one clear line."""
+    def need(ok: bool, what: str) -> None:
+        if not ok:
+            raise UnmaskError(f"{card_path}: {what}; it is damaged or not a model card written by unmask")
+
+    need(isinstance(card, dict), "the card is not a JSON object")
+    need(card.get("kind") in ("torch", "sklearn"), f"'kind' is {card.get('kind')!r}, not 'torch' or 'sklearn'")
+    file = card.get("file")
+    need(isinstance(file, str) and file == Path(file).name and file not in ("", ".", ".."),
+         f"'file' is {file!r}, not a file name inside the model folder")
+    estimator = card.get("estimator")
+    need(isinstance(estimator, dict) and isinstance(estimator.get("name"), str)
+         and isinstance(estimator.get("params", {}), dict), "'estimator' lacks a name or its params")
+    model_input = card.get("input")
+    need(isinstance(model_input, dict) and isinstance(model_input.get("size"), int)
+         and isinstance(model_input.get("margin"), (int, float)), "'input' lacks the crop size or margin")
+    need(isinstance(card.get("threshold", 0.5), (int, float)), "'threshold' is not a number")
+    need(card["kind"] != "sklearn" or isinstance(card.get("skops_types"), list),
+         "'skops_types' (the types its file holds) is missing; a card of an older unmask: retrain the model")
+
+
+def _load_torch(file: Path, card: dict):
     from safetensors.torch import load_file
 
     from unmask.models import create_model
 
-    estimator = create_model(card["estimator"]["name"]).set_params(**card["estimator"]["params"])
-    estimator.load_weights(load_file(str(path / card["file"])))
+    estimator = create_model(card["estimator"]["name"]).set_params(**card["estimator"].get("params", {}))
+    estimator.load_weights(load_file(str(file)))
     return estimator
 
 
-def _load_sklearn(path: Path, card: dict):
+def _load_sklearn(file: Path, card: dict):
+    """Only the exact types of ``SKOPS_ALLOWED_TYPES`` that the card says the file holds are
+    trusted; skops reads the file's schema without constructing anything to tell us which it holds."""
     import sklearn
     import skops.io
 
     saved = card.get("versions", {}).get("scikit-learn", "")
     if saved.split(".")[:2] != sklearn.__version__.split(".")[:2]:
-        raise UnmaskError(f"{path} was saved with scikit-learn {saved}, this is {sklearn.__version__}; "
+        raise UnmaskError(f"saved with scikit-learn {saved}, this is {sklearn.__version__}; "
                           "retrain it or install the same scikit-learn version")
-    file = path / card["file"]
-    untrusted = skops.io.get_untrusted_types(file=file)
-    foreign = [t for t in untrusted if not t.startswith(TRUSTED_PREFIXES)]
-    if foreign:
-        raise UnmaskError(f"{file} contains types unmask does not trust: {', '.join(foreign)}")
-    return skops.io.load(file, trusted=untrusted)
+    held = skops.io.get_untrusted_types(file=file)
+    refused = sorted(t for t in held if t not in SKOPS_ALLOWED_TYPES or t not in card["skops_types"])
+    if refused:
+        raise UnmaskError(f"refused: it holds types unmask never loads ({', '.join(refused)}); "
+                          "a model file must not be able to run code")
+    return skops.io.load(file, trusted=held)
 
 
 # ------------------------------------------------------------------ calibration

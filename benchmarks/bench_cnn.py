@@ -20,17 +20,19 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from common import REPO, SHARED_DATA, machine, markdown_table, median, require
 from unmask.check import Checker
-from unmask.config import MOTION_ON, FaceDetection, MotionSampling, PrepareConfig, preset
-from unmask.datasets import VIDEO_SUFFIXES, open_dataset
+from unmask.config import MOTION_ON, FaceDetection, FrameSampling, MotionSampling, PrepareConfig, preset
+from unmask.datasets import VIDEO_SUFFIXES, open_dataset, real_sources
 from unmask.evaluate import evaluate_scores
 from unmask.models import per_face_inputs
-from unmask.motion import motion_features_of_faces, neighbours, wanted_frames
+from unmask.faces.motion import motion_features_of_faces, neighbours, wanted_frames
 from unmask.prepare import prepare_dataset
 from unmask.store import KEYPOINT_COLUMNS, FaceStore
-from unmask.synth import real_sources, synthesize_store
+from unmask.synth import synthesize_store
+from unmask.splits import grouped_kfold
 from unmask.train import TrainOptions, build_estimator, cross_validate, fit_estimator, predict_fake
 from unmask.video import read_frames
 
@@ -238,6 +240,209 @@ def _real_faces_store() -> FaceStore:
     return FaceStore(path)
 
 
+# ----- every method: a pretrained backbone, self-blended and swapped fakes (issue #16) -----
+
+METHODS = ("Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures")
+ALL_CROPS = PrepareConfig(frames=FrameSampling(step=18, max_frames=16), faces=CNN_CROPS.faces, motion=MOTION_ON)
+"""16 frames a video (1 in 18, so all fit in the shortest c23 video), each with its motion features."""
+LITE0 = {"init": "imagenet", "epochs": 3, "lr": 3e-4, "batch_size": 32, "synth_ratio": 0.3, "patience": 2,
+         "trainable_blocks": 8}
+"""Fine-tuning EfficientNet-Lite0: its last 8 of 16 blocks (3x faster to train than all, measured), 3 epochs."""
+EXTRA_PHOTOS = 500
+"""Real photos (and as many swaps made from them) added to each training set, drawn per fold."""
+
+
+def all_methods_store(data: Path) -> FaceStore:
+    return store_of("ffpp-all-m30-motion-f16", data, list(METHODS), ["c23", "c40"], ALL_CROPS)
+
+
+def photo_stores() -> tuple[FaceStore, FaceStore]:
+    """The 2,000 real-faces photos (their own identities; never scored), and the same photos with one
+    cross-identity swap each (``unmask synth --kinds swap``). The 29 real-faces videos stay out of
+    training: they are the false-alarm test."""
+    from unmask.datasets import DatasetScan
+
+    path = CACHE / "real-faces-photos-m30"
+    if not (path / "faces.csv").exists():
+        folder = require(SHARED_DATA / "real-faces")
+        photos = [v for v in real_sources(folder) if v.key.startswith("utkface")]
+        prepare_dataset(DatasetScan(root=folder, layout="real", videos=photos), path,
+                        PrepareConfig(faces=CNN_CROPS.faces), workers=2)
+    photos = FaceStore(path)
+    swaps = CACHE / "real-faces-photos-swap"
+    return photos, (FaceStore(swaps) if (swaps / "faces.csv").exists()
+                    else synthesize_store(photos, swaps, kinds=("swap",), seed=0))
+
+
+def _training_arrays(store: FaceStore, rows: np.ndarray, extra: FaceStore | None, extra_rows: np.ndarray):
+    """Faces, labels and per-face inputs of FF++ rows plus extra (photo) rows, for ``TorchFaceClassifier.fit``."""
+    from unmask.splits import identity_groups
+    from unmask.train import _faces
+
+    parts = [(store, rows)] + ([(extra, extra_rows)] if extra is not None and len(extra_rows) else [])
+    tables = [s.table.iloc[r] for s, r in parts]
+    faces = np.concatenate([np.asarray(_faces(s, r)) for s, r in parts])
+    ids = np.concatenate([t["ids"].astype(str).to_numpy() for t in tables])
+    return faces, np.concatenate([t["label"].to_numpy() for t in tables]), {
+        "groups": identity_groups(pd.Series(ids)), "keypoints": np.concatenate([s.keypoints(r) for s, r in parts]),
+        "methods": np.concatenate([t["method"].astype(str).to_numpy() for t in tables])}
+
+
+def _draw_extra(swaps: FaceStore, seed: int, reals_only: bool = False) -> np.ndarray:
+    """``EXTRA_PHOTOS`` real photos and (unless ``reals_only``) as many swaps, drawn with ``seed``."""
+    table, rng = swaps.table, np.random.default_rng(seed)
+    pick = [rng.choice(np.flatnonzero(table["label"].to_numpy() == label), EXTRA_PHOTOS, replace=False)
+            for label in ((0,) if reals_only else (0, 1))]
+    return np.sort(np.concatenate(pick))
+
+
+def _lite0(params: dict | None = None, seed: int = 42):
+    return build_estimator(TrainOptions(model="efficientnet-lite0", params={**LITE0, **(params or {})}, seed=seed))
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=float), 1e-6, 1 - 1e-6)
+    return np.log(p / (1 - p))
+
+
+def _scores_cache(name: str) -> tuple[Path, dict[str, np.ndarray]]:
+    """Out-of-fold scores saved after every fold: a long run that is stopped resumes where it was."""
+    path = CACHE / "scores" / f"{name}.npz"
+    return path, (dict(np.load(path)) if path.exists() else {})
+
+
+def _save_scores(path: Path, scores: dict[str, np.ndarray]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **scores)
+
+
+def per_method_metrics(table: pd.DataFrame, p_fake: np.ndarray, methods=METHODS) -> dict[tuple[str, str], dict]:
+    """(method, compression) -> evaluate_scores of that method's fakes against the originals of the
+    same compression (rows without a score left out)."""
+    out = {}
+    scored = np.isfinite(p_fake)
+    for method in methods:
+        for compression in ("c23", "c40"):
+            rows = scored & (table["compression"].to_numpy() == compression) & (
+                (table["label"].to_numpy() == 0) | (table["method"].to_numpy() == method))
+            if (table["label"].to_numpy()[rows] == 1).any() and (table["label"].to_numpy()[rows] == 0).any():
+                out[(method, compression)] = evaluate_scores(table.iloc[np.flatnonzero(rows)], p_fake[rows])
+    return out
+
+
+def methods_cv(data: Path, folds: int, seeds: list[int]) -> dict[str, list[np.ndarray]]:
+    """Identity-grouped k-fold on all methods, under each fold assignment in ``seeds``: out-of-fold
+    scores of every candidate, on the same folds. Lite0 trains on the fold's FF++ faces (all methods,
+    balanced per method and class), self-blends of its real faces and extra photos, and swaps."""
+    store = all_methods_store(data)
+    _, swaps = photo_stores()
+    names = ("lite0", "default", "motion")
+    by_seed = {name: [] for name in (*names, "lite0+motion")}
+    for seed in seeds:
+        path, scores = _scores_cache(f"methods-cv-{folds}-{seed}")
+        for number, (train_rows, test_rows) in enumerate(grouped_kfold(store.table, folds, seed)):
+            if f"done{number}" in scores:
+                continue
+            started = time.perf_counter()
+            for name in names:
+                scores.setdefault(name, np.full(len(store), np.nan))
+            lite0 = _lite0(seed=seed)
+            faces, labels, extra = _training_arrays(store, train_rows, swaps, _draw_extra(swaps, seed * 100 + number))
+            lite0.fit(faces, labels, **extra)
+            del faces
+            scores["lite0"][test_rows] = predict_fake(lite0, store, test_rows)
+            for name, options in (("default", CANDIDATES[DEFAULT]), ("motion", CANDIDATES[
+                    "motion features alone, logistic regression"])):
+                estimator = fit_estimator(build_estimator(TrainOptions(model=options.model, params=options.params,
+                                                                       seed=seed)), store, train_rows)
+                scores[name][test_rows] = predict_fake(estimator, store, test_rows)
+            scores[f"done{number}"] = np.array(time.perf_counter() - started)
+            _save_scores(path, scores)
+            print(f"  seed {seed} fold {number}: {scores[f'done{number}']:.0f} s, Lite0 best epoch "
+                  f"{lite0.best_epoch_} (val AUC {lite0.val_auc_})", flush=True)
+        for name in names:
+            by_seed[name].append(scores[name])
+        # Product of experts: the backbone's and the motion model's log-odds added, nothing fitted.
+        by_seed["lite0+motion"].append(1 / (1 + np.exp(-(_logit(scores["lite0"]) + _logit(scores["motion"])))))
+    return by_seed
+
+
+def _cell(values: list[float]) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "n/a"
+    return f"{np.mean(values):.3f}" + (f" ± {np.std(values):.3f}" if len(values) > 1 else "")
+
+
+def methods_cv_table(data: Path, folds: int, seeds: list[int]) -> None:
+    store = all_methods_store(data)
+    table = store.table
+    by_seed = methods_cv(data, folds, seeds)
+    labels = {"default": "current default: released Meso-4 + motion, logistic regression",
+              "motion": "motion features alone, logistic regression",
+              "lite0": "EfficientNet-Lite0 fine-tuned (all methods + SBI + swaps)",
+              "lite0+motion": "Lite0 + motion (log-odds added)"}
+    print(f"data: FF++ sample, all methods + originals, c23 + c40, 16 frames a video: {len(table)} faces, "
+          f"{table['video'].nunique()} videos; identity-grouped {folds}-fold CV under {len(seeds)} fold "
+          f"assignment(s) (seeds {seeds}); AUCs of the out-of-fold scores pooled over the folds, each method's "
+          "fakes against the originals of the same compression; mean ± std over assignments")
+    cells = [(m, c) for m in METHODS for c in ("c23", "c40") if (m, c) in per_method_metrics(table, by_seed[
+        "default"][0])]
+    rows = []
+    for name, runs in by_seed.items():
+        metrics = [per_method_metrics(table, run) for run in runs]
+        video = {cell: [m[cell]["video"]["roc_auc"] for m in metrics] for cell in cells}
+        frame = {cell: [m[cell]["frame"]["roc_auc"] for m in metrics] for cell in cells}
+        worst = [min(m[cell]["video"]["roc_auc"] for cell in cells) for m in metrics]
+        rows.append([labels[name], *(f"{_cell(video[cell])} / {_cell(frame[cell])}" for cell in cells), _cell(worst)])
+    print(markdown_table(["model (video AUC / frame AUC)", *(f"{m} {c}" for m, c in cells), "worst video AUC"], rows))
+    videos = [int(table[(table["compression"] == c) & ((table["label"] == 0) | (table["method"] == m))]["video"]
+                  .nunique()) for m, c in cells]
+    print("videos scored per column (fakes + originals): " + ", ".join(f"{m} {c} {n}" for (m, c), n in
+                                                                       zip(cells, videos)))
+
+
+def held_out_methods(data: Path, folds: int, seed: int = 1) -> None:
+    """Leave one method out (trained on the rest with self-blends and swaps, scored on it) and
+    self-blended only (real faces and their self-blends, no deepfake or swap), by identity-grouped
+    k-fold: the test fold's originals and the held-out fakes are never trained on."""
+    store = all_methods_store(data)
+    table = store.table
+    _, swaps = photo_stores()
+    method = table["method"].to_numpy()
+    runs = {f"without {m}": m for m in METHODS}
+    runs["self-blended only"] = None
+    results = {}
+    for run, left_out in runs.items():
+        path, scores = _scores_cache(f"held-out-{run.replace(' ', '-')}-{folds}-{seed}")
+        scores.setdefault("lite0", np.full(len(store), np.nan))
+        for number, (train_rows, test_rows) in enumerate(grouped_kfold(table, folds, seed)):
+            if f"done{number}" in scores:
+                continue
+            started = time.perf_counter()
+            if left_out is None:
+                keep = train_rows[table["label"].to_numpy()[train_rows] == 0]
+                extra, params = _draw_extra(swaps, seed * 100 + number, reals_only=True), {"synth_ratio": 0.5}
+            else:
+                keep = train_rows[method[train_rows] != left_out]
+                extra, params = _draw_extra(swaps, seed * 100 + number), {}
+            lite0 = _lite0(params, seed=seed)
+            faces, labels, inputs = _training_arrays(store, keep, swaps, extra)
+            lite0.fit(faces, labels, **inputs)
+            del faces
+            scores["lite0"][test_rows] = predict_fake(lite0, store, test_rows)
+            scores[f"done{number}"] = np.array(time.perf_counter() - started)
+            _save_scores(path, scores)
+            print(f"  {run} fold {number}: {scores[f'done{number}']:.0f} s", flush=True)
+        results[run] = per_method_metrics(table, scores["lite0"], METHODS if left_out is None else (left_out,))
+    print(f"EfficientNet-Lite0 ({LITE0['epochs']} epochs, last {LITE0['trainable_blocks']} blocks) scored on fakes "
+          f"of methods it never saw; identity-grouped {folds}-fold CV (seed {seed}), pooled out-of-fold AUC; "
+          "each method's fakes against the originals of the same compression")
+    rows = [[run, f"{m} {c}", f"{r['video']['roc_auc']:.3f}", f"{r['frame']['roc_auc']:.3f}", r["video"]["n"]]
+            for run, cells in results.items() for (m, c), r in cells.items()]
+    print(markdown_table(["trained on", "scored on", "video AUC", "frame AUC", "videos"], rows))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=SHARED_DATA / "ffpp-sample")
@@ -245,9 +450,19 @@ def main() -> None:
     parser.add_argument("--generalisation", action="store_true", help="only the generalisation tables")
     parser.add_argument("--repeat-cv", type=int, metavar="N",
                         help="only: the default model against the released nets under N fold assignments")
+    parser.add_argument("--methods", action="store_true",
+                        help="only: every method, per method and compression, candidates on the same folds")
+    parser.add_argument("--seeds", type=lambda text: [int(s) for s in text.split(",")], default=[1],
+                        help="fold assignments for --methods (default: 1)")
+    parser.add_argument("--held-out", action="store_true",
+                        help="only: leave-one-method-out and self-blended-only, each method scored unseen")
     args = parser.parse_args()
     print(f"machine: {machine()}")
-    if args.repeat_cv:
+    if args.methods:
+        methods_cv_table(args.data, args.folds, args.seeds)
+    elif args.held_out:
+        held_out_methods(args.data, args.folds)
+    elif args.repeat_cv:
         repeated_cv(args.data, args.folds, args.repeat_cv)
     elif args.generalisation:
         generalisation_tables(args.data)

@@ -8,7 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from unmask.check import ERROR, FAKE, NO_FACE, REAL, Checker, CheckSettings, link_tracks
+from unmask.check import ERROR, FAKE, NO_FACE, REAL, Checker, CheckSettings
+from unmask.faces.tracks import link_tracks
 from unmask.cli import main
 from unmask.models.io import default_model_dir
 from unmask.sample import astronaut
@@ -257,3 +258,28 @@ def test_sample_refuses_a_name_that_is_not_a_video(tmp_path, capsys):
     assert "give the video a video file name" in capsys.readouterr().err
     assert main(["sample", str(tmp_path / "no" / "such" / "dir.mp4")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_report_at_a_folder_prints_the_verdict_then_one_error_naming_that_folder(tmp_path, face_video,
+                                                                                released_model, capsys):
+    folder = tmp_path / "reports"
+    folder.mkdir()
+    assert main(["check", str(face_video), "--model", str(released_model), "--report", str(folder)]) == 2
+    out, err = capsys.readouterr()
+    assert re.match(r".+: (FAKE|REAL) \(fake probability", out) and out.count("\n") == 1, out
+    assert err == f"unmask check: error: Is a directory: {folder}\n"
+    assert list(folder.iterdir()) == [] and list(tmp_path.iterdir()) == [folder]  # no temporary file left
+
+
+def test_readme_and_the_cli_docstring_give_the_same_exit_codes():
+    from pathlib import Path
+
+    import unmask.cli
+
+    def exit_codes(text: str) -> str:
+        return " ".join(re.search(r"Exit codes: .+?\)\.", text, re.DOTALL)[0].split())
+
+    documented = exit_codes(unmask.cli.__doc__)
+    readme = (Path(unmask.cli.__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    assert exit_codes(readme) == documented
+    assert [int(code) for code in re.findall(r"(\d+) = ", documented)] == [0, 1, 2, 130]

@@ -132,8 +132,8 @@ def test_distributed_run_writes_the_same_store_and_resumes(tmp_path, scheduler, 
 
 
 class KillDuringVideo(WorkerPlugin):
-    """Test only: SIGKILL the worker process in the middle of a video, after its frames are
-    decoded and before faces are detected, every time for one file, the first time for another."""
+    """Test only: SIGKILL the worker process in the middle of a video, as its frames are opened,
+    before faces are detected, every time for one file, the first time for another."""
 
     name = "kill-during-video"
 
@@ -141,11 +141,11 @@ class KillDuringVideo(WorkerPlugin):
         self.always, self.once, self.folder = always, once, folder
 
     def setup(self, worker):
-        import unmask.prepare
+        import unmask.faces.face_pass
 
-        self.original = original = unmask.prepare.read_frames
+        self.original = original = unmask.faces.face_pass.stream_frames
 
-        def read_frames(path, *args, **kwargs):
+        def stream_frames(path, *args, **kwargs):
             frames = original(path, *args, **kwargs)
             name = Path(path).name
             if name == self.always or (name == self.once and self._first(name)):
@@ -153,12 +153,12 @@ class KillDuringVideo(WorkerPlugin):
                 os.kill(os.getpid(), signal.SIGKILL)
             return frames
 
-        unmask.prepare.read_frames = read_frames
+        unmask.faces.face_pass.stream_frames = stream_frames
 
     def teardown(self, worker):
-        import unmask.prepare
+        import unmask.faces.face_pass
 
-        unmask.prepare.read_frames = self.original
+        unmask.faces.face_pass.stream_frames = self.original
 
     def _first(self, name: str) -> bool:
         try:

@@ -8,15 +8,15 @@ from unmask.cli import main
 from unmask.config import FaceDetection, FrameSampling, PrepareConfig, preset
 from unmask.datasets import Video, open_dataset
 from unmask.faces.crop import crop_face, keypoints_in_crop
-from unmask.prepare import make_detector, prepare_dataset, process_video
+from unmask.prepare import make_face_pass, prepare_dataset, process_video
 from unmask.store import FaceStore
 
-CONFIG = PrepareConfig(faces=FaceDetection(size=64, min_face_size=40))
+CONFIG = PrepareConfig(faces=FaceDetection(size=64))
 
 
 @pytest.fixture(scope="module")
 def detector():
-    return make_detector(CONFIG)
+    return make_face_pass(CONFIG)
 
 
 def test_seed_preset_is_the_study():
@@ -131,5 +131,5 @@ def test_nothing_processable_exits_one(tmp_path, capsys):
 def test_real_ffpp_video_faces(tmp_path):
     path = SHARED_DATA / "ffpp-sample/original_sequences/youtube/c23/videos/183.mp4"
     config = PrepareConfig(frames=FrameSampling(max_frames=2), faces=FaceDetection(size=320))
-    shard = process_video(Video(path=path, label=0, key="183"), config, make_detector(config))
+    shard = process_video(Video(path=path, label=0, key="183"), config, make_face_pass(config))
     assert shard.video["faces"] == 2 and shard.faces.shape == (2, 320, 320, 3)

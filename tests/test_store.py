@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from unmask.errors import UnmaskError
-from unmask.store import FaceStore, Shard, StoreWriter, atomic_path, commit, shard_id
+from unmask.store import FaceStore, Shard, StoreWriter, commit, shard_id
+from unmask.util import atomic_path
 
 
 def shard(key, n, label=0, size=8):

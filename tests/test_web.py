@@ -1,9 +1,16 @@
 """The HTTP API: in this process through httpx's ASGI transport, and against `unmask serve` on a real socket."""
 import asyncio
 import json
+import re
+import select
+import signal
 import socket
+import subprocess
+import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from urllib.parse import urlsplit
 
 import httpx
@@ -12,7 +19,7 @@ import pytest
 from unmask.check import Checker
 from unmask.cli import main
 from unmask.errors import UnmaskError
-from unmask.web.app import create_app
+from unmask.web.app import Server, ServeSettings, create_app
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +59,7 @@ class Client:
 
 @pytest.fixture
 def client(checker, uploads):
-    return Client(create_app(checker, max_upload_mb=1, upload_dir=uploads))
+    return Client(create_app(checker, ServeSettings(max_upload_mb=1, upload_dir=uploads)))
 
 
 def test_health_names_the_model(client):
@@ -70,7 +77,6 @@ def test_page_static_files_and_api_docs(client):
     assert "{{" not in page.text
     assert "XMLHttpRequest" in client.get("/static/app.js").text
     assert client.get("/static/style.css").status_code == 200
-    assert client.get("/docs").status_code == 200
     spec = client.get("/openapi.json").json()["paths"]["/api/check"]["post"]
     assert "video" in spec["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]
 
@@ -126,7 +132,7 @@ def test_oversize_upload_is_413_by_declared_length(client):
 
 def test_oversize_upload_without_length_is_cut_off_while_streaming(checker, uploads):
     """No Content-Length (chunked): the server counts while streaming and stops reading at the limit."""
-    app = create_app(checker, max_upload_mb=1, upload_dir=uploads)
+    app = create_app(checker, ServeSettings(max_upload_mb=1, upload_dir=uploads))
     sent = []
 
     async def body():
@@ -147,35 +153,115 @@ def test_oversize_upload_without_length_is_cut_off_while_streaming(checker, uplo
     assert len(sent) <= 12  # stopped soon after 1 MB, not after reading all 10
 
 
-def test_too_many_requests_at_once_get_503(checker, uploads, broken_files):
-    """With room for one request in progress, a second one is turned away at once, not queued forever."""
-    app = create_app(checker, upload_dir=uploads, max_pending=1)
+def test_uploads_in_progress_and_checks_waiting_are_bounded_apart(checker, uploads, broken_files, monkeypatch):
+    """An upload still arriving does not hold up checks; a full queue of checks, or of uploads, is a 503 at once."""
+    app = create_app(checker, ServeSettings(upload_dir=uploads, max_uploads=2, max_queued=1, workers=1))
+    text = broken_files["text"].read_bytes()
+    checking, release = threading.Event(), threading.Event()
+    check = checker.check
+
+    def held_check(path, name):
+        checking.set()
+        assert release.wait(30)
+        return check(path, name=name)
+
+    monkeypatch.setattr(checker, "check", held_check)
+    headers = {"content-type": "multipart/form-data; boundary=xyz"}
 
     async def main():
-        started, go_on = asyncio.Event(), asyncio.Event()
-
-        async def slow_body():
-            yield b"--xyz\r\nContent-Disposition: form-data; name=\"video\"; filename=\"a.mp4\"\r\n\r\n"
+        async def slow_upload(started: asyncio.Event, go_on: asyncio.Event):
+            yield b"--xyz\r\nContent-Disposition: form-data; name=\"video\"; filename=\"slow.mp4\"\r\n\r\n"
             started.set()
             await go_on.wait()
-            yield broken_files["text"].read_bytes() + b"\r\n--xyz--\r\n"
+            yield text + b"\r\n--xyz--\r\n"
 
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
-            headers = {"content-type": "multipart/form-data; boundary=xyz"}
-            first = asyncio.create_task(http.post("/api/check", content=slow_body(), headers=headers))
-            await started.wait()
-            second = await http.post("/api/check", files={"video": ("b.mp4", b"x")})
-            go_on.set()
-            return await first, second
+            def post(content=None, **kwargs):
+                if content is None:
+                    return http.post("/api/check", files={"video": ("quick.mp4", text)})
+                return http.post("/api/check", content=content, headers=headers, **kwargs)
 
-    first, second = asyncio.run(main())
-    assert second.status_code == 503 and second.headers["retry-after"] == "60" and "busy" in second.json()["detail"]
-    assert first.status_code == 422  # the first one was answered normally (a text file: not a video)
+            events = [(asyncio.Event(), asyncio.Event()) for _ in range(2)]
+            slow = asyncio.create_task(post(slow_upload(*events[0])))
+            await events[0][0].wait()
+            quick = asyncio.create_task(post())  # checked while the slow one still arrives
+            assert await asyncio.to_thread(checking.wait, 30)
+            queue_full = await post()
+            release.set()
+            quick = await quick
+            second_slow = asyncio.create_task(post(slow_upload(*events[1])))
+            await events[1][0].wait()
+            uploads_full = await post()
+            for (_, go_on), task in zip(events, (slow, second_slow)):
+                go_on.set()
+                assert (await task).status_code == 422  # both answered normally (a text file: not a video)
+            return quick, queue_full, uploads_full
+
+    quick, queue_full, uploads_full = asyncio.run(main())
+    assert quick.status_code == 422 and "not a readable video" in quick.json()["detail"]
+    assert queue_full.status_code == 503 and queue_full.headers["retry-after"] == "60"
+    assert "busy checking other videos" in queue_full.json()["detail"]
+    assert uploads_full.status_code == 503 and "receiving too many other videos" in uploads_full.json()["detail"]
+
+
+def test_the_video_is_taken_from_one_file_in_the_field_video(client, broken_files):
+    text = broken_files["text"].read_bytes()
+    wrong_field = client.post("/api/check", files={"upload": ("a.mp4", text)})
+    assert wrong_field.status_code == 422
+    assert wrong_field.json()["detail"] == ("the file came in a field named 'upload'; "
+                                            "send the video in the field named 'video'")
+    for two in ([("video", ("a.mp4", text)), ("video", ("b.mp4", text))],
+                [("video", ("a.mp4", text)), ("extra", ("b.mp4", text))]):
+        response = client.post("/api/check", files=two)
+        assert response.status_code == 400 and "more than one file" in response.json()["detail"]
+    long_name = client.post("/api/check", files={"video": ("a" * 4996 + ".mp4", text)})
+    assert long_name.status_code == 400
+    assert long_name.json() == {"detail": "the file name is 5000 characters long; at most 255 are accepted"}
+    with_note = client.post("/api/check", files={"video": ("a.mp4", text)}, data={"note": "hello"})
+    assert with_note.status_code == 422 and with_note.json()["detail"].startswith("a.mp4: ")  # other fields: ignored
+
+
+def test_rfc_5987_file_names_are_read(client, broken_files):
+    body = (b"--xyz\r\nContent-Disposition: form-data; name=\"video\"; filename=\"fallback.mp4\"; "
+            b"filename*=UTF-8''%E2%82%AC%20caf%C3%A9.mp4\r\nContent-Type: video/mp4\r\n\r\n"
+            + broken_files["text"].read_bytes() + b"\r\n--xyz--\r\n")
+    response = client.post("/api/check", content=body, headers={"content-type": "multipart/form-data; boundary=xyz"})
+    assert response.status_code == 422 and response.json()["detail"].startswith("\u20ac caf\u00e9.mp4: ")
+    plain = client.post("/api/check", files={"video": ("caf\u00e9.mp4", broken_files["text"].read_bytes())})
+    assert plain.json()["detail"].startswith("caf\u00e9.mp4: ")
+
+
+def test_every_response_carries_the_security_headers(client, broken_files):
+    responses = {"page": client.get("/"), "docs": client.get("/docs"), "health": client.get("/api/health"),
+                 "check": client.post("/api/check", files={"video": ("a.mp4", broken_files["text"].read_bytes())}),
+                 "refused": client.post("/api/check", content=b"x", headers={"content-type": "text/plain"}),
+                 "missing": client.get("/api/nothing-here"), "spec": client.get("/openapi.json"),
+                 "script": client.get("/static/app.js")}
+    for name, response in responses.items():
+        assert response.headers["x-content-type-options"] == "nosniff", name
+        assert "frame-ancestors 'none'" in response.headers["content-security-policy"], name
+    for name in ("health", "check", "refused", "missing"):
+        assert responses[name].headers["cache-control"] == "no-store", name
+    assert responses["check"].status_code == 422 and responses["refused"].status_code == 415
+    assert "script-src 'self'" in responses["page"].headers["content-security-policy"]
+    assert responses["health"].headers["content-security-policy"].startswith("default-src 'none'")
+
+
+def test_api_docs_work_offline(client):
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "script-src 'self'" in docs.headers["content-security-policy"]
+    urls = re.findall(r'(?:src|href)="([^"]*)"', docs.text)
+    assert len(urls) == 4 and all(url.startswith("/") and not url.startswith("//") for url in urls), urls
+    assert "http" not in docs.text and "<script>" not in docs.text  # no CDN, no inline script
+    for url in urls:
+        assert client.get(url).status_code == 200, url
+    assert "SwaggerUIBundle" in client.get("/static/docs.js").text
+    assert client.get("/openapi.json").status_code == 200
 
 
 def test_internal_errors_reach_the_client_without_details(checker, uploads):
-    app = create_app(checker, upload_dir=uploads)
+    app = create_app(checker, ServeSettings(upload_dir=uploads))
 
     @app.get("/api/probe-failure")
     async def fail():
@@ -184,12 +270,25 @@ def test_internal_errors_reach_the_client_without_details(checker, uploads):
     response = Client(app, raise_app_exceptions=False).get("/api/probe-failure")
     assert response.status_code == 500 and "internal error" in response.json()["detail"]
     assert "secret" not in response.text and "Traceback" not in response.text
+    assert response.headers["x-content-type-options"] == "nosniff" and response.headers["cache-control"] == "no-store"
 
 
-def test_bad_settings_are_refused(checker, tmp_path):
-    for kwargs in ({"max_upload_mb": 0}, {"workers": 0}, {"upload_dir": tmp_path / "missing"}):
+def test_bad_settings_are_refused(tmp_path):
+    for kwargs in ({"max_upload_mb": 0}, {"workers": 0}, {"max_uploads": 0}, {"max_queued": 0},
+                   {"upload_timeout_s": 0}, {"stall_timeout_s": -1}, {"upload_dir": tmp_path / "missing"},
+                   {"memory_budget_mb": 0}):
         with pytest.raises(UnmaskError):
-            create_app(checker, **kwargs)
+            ServeSettings(**kwargs)
+
+
+def test_the_memory_budget_bounds_how_many_checks_run_at_once(checker, tmp_path):
+    from unmask.config import CHECK_MEMORY_MB
+
+    assert ServeSettings(workers=4, memory_budget_mb=2 * CHECK_MEMORY_MB).concurrent_checks == 2
+    assert ServeSettings(workers=4, memory_budget_mb=10).concurrent_checks == 1  # one always runs
+    assert ServeSettings(workers=2, memory_budget_mb=100_000).concurrent_checks == 2
+    app = create_app(checker, ServeSettings(workers=4, memory_budget_mb=CHECK_MEMORY_MB, upload_dir=tmp_path))
+    assert app.state.service.pool._max_workers == 1
 
 
 # ------------------------------------------------------------------ a real server: `unmask serve`
@@ -242,3 +341,115 @@ def test_serve_bad_settings_are_one_line_and_exit_two(released_model, tmp_path, 
     assert err.startswith(f"unmask serve: error: cannot listen on 127.0.0.1:{port}: ") and err.count("\n") == 1
     assert main(["serve", "--model", str(released_model), "--upload-dir", str(tmp_path / "nope")]) == 2
     assert "upload folder" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ slow clients and Ctrl+C, on real sockets
+HALF_BODY = (b"POST /api/check HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+             b"Content-Length: 100000\r\n\r\n"
+             b"--b\r\nContent-Disposition: form-data; name=\"video\"; filename=\"slow.mp4\"\r\n\r\n" + b"\0" * 1000)
+"""A request that announces 100 kB and sends 1 kB of it."""
+
+
+@contextmanager
+def serving(app):
+    """``app`` under uvicorn in a thread, on a free port of 127.0.0.1: yields the port."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    server = Server(app, log_level="warning")
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
+    thread.start()
+    try:
+        for _ in range(1000):
+            if server.started:
+                break
+            time.sleep(0.01)
+        assert server.started, "uvicorn did not start in 10 s"
+        yield listener.getsockname()[1]
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        listener.close()
+    assert not thread.is_alive()
+
+
+def _wait_for(condition, seconds: float = 10) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def _answer(conn: socket.socket, seconds: float = 10) -> tuple[int, dict]:
+    """Read until the server closes the connection: (status, JSON body)."""
+    conn.settimeout(seconds)
+    answer = b""
+    while chunk := conn.recv(65536):
+        answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body)
+
+
+def test_stalled_and_crawling_uploads_get_408_and_others_are_still_served(checker, uploads, short_face_video):
+    settings = ServeSettings(upload_dir=uploads, max_uploads=3, stall_timeout_s=1, upload_timeout_s=2.5)
+    with serving(create_app(checker, settings)) as port:
+        url = f"http://127.0.0.1:{port}/api/check"
+        started = time.monotonic()
+        stalled = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(2)]
+        crawling = socket.create_connection(("127.0.0.1", port), timeout=10)
+        for conn in (*stalled, crawling):
+            conn.sendall(HALF_BODY)
+        _wait_for(lambda: len(list(uploads.iterdir())) == 3)  # all three are uploads in progress
+        full = httpx.post(url, files={"video": ("late.mp4", b"x")}, timeout=10)
+        assert full.status_code == 503 and "receiving too many" in full.json()["detail"]
+
+        crawling.settimeout(0.25)  # a byte every 0.25 s: never stalls, but never finishes either
+        for _ in range(40):
+            try:
+                if crawling.recv(1, socket.MSG_PEEK):
+                    break
+            except TimeoutError:
+                crawling.sendall(b"\0")
+        answers = [_answer(conn) for conn in stalled]
+        assert answers == [(408, {"detail": "the upload stalled: nothing came for 1 s"})] * 2
+        assert _answer(crawling) == (408, {"detail": "the upload took longer than this server's limit of 2.5 s"})
+        assert time.monotonic() - started < 6
+        served = httpx.post(url, files={"video": ("holiday.mp4", short_face_video.read_bytes())}, timeout=120)
+        assert served.status_code == 200 and served.json()["path"] == "holiday.mp4"
+        for conn in (*stalled, crawling):
+            conn.close()
+
+
+def test_ctrl_c_answers_uploads_in_progress_with_json_503_and_stops_at_once(released_model, tmp_path):
+    uploads = tmp_path / "uploads"
+    uploads.mkdir()
+    log = tmp_path / "serve.log"
+    with log.open("w") as errors:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "unmask", "serve", "--port", "0", "--model", str(released_model),
+             "--upload-dir", str(uploads), "--stall-timeout", "60"], stdout=subprocess.PIPE, stderr=errors, text=True)
+        try:
+            ready, _, _ = select.select([process.stdout], [], [], 120)
+            line = process.stdout.readline() if ready else ""
+            assert "serving on http://127.0.0.1:" in line, log.read_text()
+            port = urlsplit(line.split("serving on ", 1)[1].split()[0]).port
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+                conn.sendall(HALF_BODY)
+                _wait_for(lambda: any(uploads.iterdir()))  # the upload is in progress
+                started = time.monotonic()
+                process.send_signal(signal.SIGINT)
+                status, body = _answer(conn)
+                answered_in = time.monotonic() - started
+                process.wait(timeout=10)
+                stopped_in = time.monotonic() - started
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+            process.stdout.close()
+    assert (status, body) == (503, {"detail": "the server is shutting down; try again in a minute"})
+    # The server is done in about 0.2 s; the rest is Python unloading torch (about 1 s on 2 idle cores).
+    assert answered_in < 1.5 and stopped_in < 3.5 and process.returncode == 0, (answered_in, stopped_in)
+    text = log.read_text()
+    assert "Traceback" not in text and "CancelledError" not in text and "unmask serve: stopped" in text, text
+    assert list(uploads.iterdir()) == []

@@ -90,3 +90,17 @@ def test_a_file_that_is_not_a_video_gets_a_clear_message(page, broken_files):
     assert page.inner_text("#problem-text").startswith("notes.mp4: not a readable video")
     page.click("#problem .again")
     assert page.is_visible("#drop")
+
+
+def test_api_docs_draw_the_api_with_nothing_from_outside(page, web_server):
+    """/docs under its CSP, every request to another origin refused: Swagger UI still shows the API."""
+    outside = []
+
+    def refuse(route):
+        outside.append(route.request.url)
+        route.abort()
+
+    page.route(lambda url: not url.startswith(web_server[0]), refuse)
+    page.goto(web_server[0] + "/docs")
+    page.wait_for_selector("text=Check one video", timeout=30_000)
+    assert page.locator(".opblock-post").count() == 1 and outside == []

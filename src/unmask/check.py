@@ -1,59 +1,35 @@
 """One video in, a verdict out: the job most users come for.
 
 Frames are spread evenly over the whole video (not just its first seconds, as the
-training recipe's 1-in-30 does), every confident face is detected, faces are linked
-into tracks (one per person), each face is scored by the model, and the video's
-verdict is the most suspicious track: one swapped face among honest ones is enough.
-A model that also judges motion (its card says which neighbouring frames) gets each face's
-motion residual features, measured on the frames that follow each sampled one.
+training recipe's 1-in-30 does), and the face pass (``unmask.faces.face_pass``, the same walk
+that prepared the model's training faces) finds every confident face, links faces into tracks
+(one per person) and, for a model that judges motion, measures each face against the frames
+that follow it. Each face is scored by the model, and the video's verdict is the most
+suspicious track: one swapped face among honest ones is enough. The record says what the
+verdict rests on: frames asked and read, damaged stretches, a still image, and how sure it is
+given how many faces it saw.
 """
 from __future__ import annotations
 
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from unmask import __version__
-from unmask.config import MotionSampling, resolve_device
+from unmask.aggregate import AGGREGATES
+from unmask.config import CheckSettings, FaceDetection, MotionSampling
 from unmask.errors import UnmaskError
-from unmask.evaluate import AGGREGATES
-from unmask.faces.crop import crop_face
+from unmask.faces.detectors import Detection, FaceDetector
+from unmask.faces.face_pass import Face, FacePass
+from unmask.faces.motion import wanted_frames
 from unmask.models.io import LoadedModel, load_model
-from unmask.motion import motion_features_of_faces, neighbours, wanted_frames
-from unmask.video import read_frames
+from unmask.video import VideoError
 
 FAKE, REAL, NO_FACE, ERROR = "FAKE", "REAL", "NO FACE FOUND", "ERROR"
-
-
-@dataclass(frozen=True)
-class CheckSettings:
-    """How a video is looked at. Defaults favour a steady verdict in about a second."""
-
-    frames: int = 16
-    """Frames spread evenly over the video. The mean of 16 face scores varies far less than
-    of the training recipe's 7, and 16 frames of 720p (with the neighbours a motion model also
-    reads) decode and score in under 2 seconds on 2 cores."""
-    min_confidence: float = 0.9
-    """Faces the detector is less sure of are ignored (as in training)."""
-    min_face_size: int = 40
-    track_iou: float = 0.3
-    """Faces in consecutive sampled frames whose boxes overlap this much are one person."""
-    min_track_share: float = 0.2
-    min_face_share: float = 0.5
-    """Tracks whose faces are smaller than this share of the largest track's face size are
-    background (a TV screen in a studio, a poster) and are not judged."""
-    """Tracks seen in fewer than this share of the longest track's frames are dropped
-    (a poster on the wall, a one-frame false detection)."""
-    aggregate: str | None = None
-    """Face scores -> track score: mean, median, max, trimmed-mean (None: the model card's)."""
-    device: str = "auto"
-
-    def frame_indices(self, frame_count: int) -> list[int]:
-        count = min(self.frames, frame_count)
-        return sorted({int(round(i)) for i in np.linspace(0, frame_count - 1, count)}) if count else []
 
 
 @dataclass
@@ -78,7 +54,16 @@ class CheckResult:
     model: dict
     aggregate: str = ""
     """How a track's face scores became its score (mean, median, max, trimmed-mean)."""
+    frames_asked: int = 0
+    """Frames the check meant to look at."""
     frames_sampled: int = 0
+    """Of those, the frames that decoded and were looked at."""
+    damaged_frames: list[list[int]] = field(default_factory=list)
+    """[first, last] runs of asked frames that could not be decoded (corrupt or truncated)."""
+    still_image: bool = False
+    """A photo or a one-frame video: judged by its look alone, with no motion to measure."""
+    warnings: list[str] = field(default_factory=list)
+    """What the verdict should be read with: missing frames, a still image, little evidence."""
     frame_count: int = 0
     fps: float = 0.0
     duration_s: float = 0.0
@@ -97,67 +82,85 @@ class CheckResult:
         return record
 
 
-def certainty(p_fake: float, threshold: float) -> str:
-    """How far the score is from the threshold, in words, relative to the room on that side."""
+SURE_FACES = {"very sure": 8, "fairly sure": 3}
+"""The fewest faces in the judged track for each certainty: however far one face's score is
+from the threshold, a single face is one look, not evidence enough to be sure."""
+
+
+def certainty(p_fake: float, threshold: float, faces: int | None = None) -> str:
+    """How far the score is from the threshold, in words, relative to the room on that side,
+    and capped by the evidence: how many faces the judged track holds (None: no cap)."""
     room = (1.0 - threshold) if p_fake > threshold else threshold
     margin = abs(p_fake - threshold) / room if room > 0 else 1.0
-    return "very sure" if margin > 0.6 else "fairly sure" if margin > 0.3 else "unsure"
+    word = "very sure" if margin > 0.6 else "fairly sure" if margin > 0.3 else "unsure"
+    for level in ("very sure", "fairly sure"):
+        if word == level and faces is not None and faces < SURE_FACES[level]:
+            word = "fairly sure" if level == "very sure" else "unsure"
+    return word
 
 
-def link_tracks(boxes_per_frame: list[list[np.ndarray]], min_iou: float) -> list[list[int]]:
-    """Track id for every box: greedy IoU matching with each track's last box."""
-    last_boxes: list[np.ndarray] = []
-    assigned = []
-    for boxes in boxes_per_frame:
-        ids, taken = [], set()
-        for box in boxes:
-            overlaps = [(_iou(box, last), t) for t, last in enumerate(last_boxes) if t not in taken]
-            best = max(overlaps, default=(0.0, -1))
-            if best[0] >= min_iou:
-                track = best[1]
-                last_boxes[track] = box
-            else:
-                track = len(last_boxes)
-                last_boxes.append(box)
-            taken.add(track)
-            ids.append(track)
-        assigned.append(ids)
-    return assigned
+def judged_tracks(sizes: dict[int, float], lengths: dict[int, int], min_face_share: float,
+                  min_track_share: float) -> set[int]:
+    """The tracks worth judging: first those whose faces are not much smaller than the largest
+    (background faces go), then of those, the ones not much shorter than the longest left. Never
+    empty when there is a track, so a video with faces always gets a verdict."""
+    if not sizes:
+        return set()
+    large = {t for t, size in sizes.items() if size >= min_face_share * max(sizes.values())}
+    longest = max(lengths[t] for t in large)
+    return {t for t in large if lengths[t] >= min_track_share * longest}
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = w * h
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
+class _TakingTurns:
+    """A detector behind a lock: decoding runs in parallel threads, detection one at a time."""
+
+    def __init__(self, detector: FaceDetector, lock: threading.Lock):
+        self.detector, self.lock = detector, lock
+
+    def detect(self, images: Sequence[np.ndarray]) -> list[list[Detection]]:
+        with self.lock:
+            return self.detector.detect(images)
 
 
 class Checker:
-    """Holds the detector and the model, loaded once (the server keeps one warm).
+    """Holds the face pass and the model, loaded once (the server keeps one warm).
 
     Safe to share between threads: decoding runs in parallel, while the detector and the
     model (torch modules, whose Grad-CAM hooks are shared state) take turns behind a lock.
+    The face pass is set up as the model's card says its training faces were made (detector,
+    its settings, crop margin and size, motion sampling).
     """
 
     def __init__(self, model: LoadedModel | Path | None = None, settings: CheckSettings = CheckSettings()):
-        from unmask.faces.mtcnn import MTCNN
+        from unmask.config import resolve_device
+        from unmask.faces.detectors import create_detector
 
         self.model = model if isinstance(model, LoadedModel) else load_model(model)
         self.settings = settings
         self.aggregate = settings.aggregate or self.model.card.get("aggregate", "mean")
         self._reduce = AGGREGATES.builder(self.aggregate)  # fails early, with the choices, on a bad name
         device = resolve_device(settings.device)
-        self.detector = MTCNN(min_face_size=settings.min_face_size, device=device)
+        card_input = self.model.input
+        trained = FaceDetection.from_record(card_input.get("detector", {}))
+        self.detection = replace(trained, min_confidence=settings.min_confidence, margin=float(card_input["margin"]),
+                                 size=int(card_input["size"]), max_side=settings.max_side, device=device)
+        self.warnings = []
+        trained_confidence = card_input.get("min_confidence")
+        if trained_confidence is not None and abs(float(trained_confidence) - settings.min_confidence) > 1e-9:
+            self.warnings.append(f"faces are kept over confidence {settings.min_confidence:g}; the model was "
+                                 f"trained on faces over {float(trained_confidence):g}")
         net = getattr(self.model.estimator, "net_", None)
         if net is not None:  # a CNN runs where it is asked to, not where its card's "auto" put it
             net.to(device)
         self._lock = threading.Lock()
-        motion = self.model.input.get("motion") if self.model.needs_motion else None
+        motion = card_input.get("motion") if self.model.needs_motion else None
         if self.model.needs_motion and not motion:
             raise UnmaskError(f"model {self.model.path} judges motion but its card does not say how it was measured")
         # How the model's motion features were measured (None: it judges single frames).
         self._motion = None if motion is None else MotionSampling.from_record(motion)
+        detector = _TakingTurns(create_detector(self.detection), self._lock)
+        self.faces = FacePass(self.detection, self._motion or MotionSampling(), keep="all",
+                              track_iou=settings.track_iou, detector=detector)
 
     def frames_to_read(self, frame_count: int) -> list[int]:
         """The sampled frames, and their neighbours when the model judges motion."""
@@ -171,74 +174,75 @@ class Checker:
                 "path": str(self.model.path)}
 
     def check(self, path: Path, name: str | None = None) -> CheckResult:
-        """Check one video; an unreadable file gives verdict ERROR with the reason, not an exception.
+        """Check one video; whatever goes wrong with it gives verdict ERROR with a one-line reason,
+        never an exception, so a batch always goes on to the next video.
 
         ``name``: what the record calls the video (default: the path), e.g. an upload's own
         file name while it is read from a temporary file that must not show.
         """
         started = time.perf_counter()
         result = CheckResult(path=name or str(path), verdict=NO_FACE, fake_probability=None, certainty="",
-                             threshold=self.model.threshold, model=self.model_info(), aggregate=self.aggregate)
+                             threshold=self.model.threshold, model=self.model_info(), aggregate=self.aggregate,
+                             warnings=list(self.warnings))
         try:
-            info, decoded = read_frames(Path(path), self.frames_to_read)
-        except UnmaskError as err:
+            self._check(Path(path), result)
+        except VideoError as err:
             result.verdict, result.error = ERROR, str(err).removeprefix(f"{path}: ")
-            result.elapsed_s = time.perf_counter() - started
-            return result
-        sampled = set(self.settings.frame_indices(info.frame_count))
-        frames = [(index, image) for index, image in decoded if index in sampled]
-        result.frames_sampled, result.frame_count = len(frames), info.frame_count
-        result.fps, result.duration_s = info.fps, info.duration
-        result.width, result.height = info.width, info.height
-        with self._lock:
-            self._score(result, frames, dict(decoded), info.fps)
+        except Exception as err:  # noqa: BLE001 - one video must never end a batch; the reason is kept
+            detail = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            result.verdict, result.error = ERROR, f"could not be checked ({type(err).__name__}{': ' * bool(detail)}{detail})"
+        if result.verdict == ERROR:
+            result.fake_probability, result.certainty, result.faces, result.tracks, result.crops = None, "", [], [], []
         result.elapsed_s = time.perf_counter() - started
         return result
 
-    def _score(self, result: CheckResult, frames: list[tuple[int, np.ndarray]], decoded: dict[int, np.ndarray],
-               fps: float) -> None:
-        """Detect, track and score the faces of the sampled ``frames``; ``decoded`` also holds
-        their neighbours when the model judges motion."""
-        settings, card_input, motion = self.settings, self.model.input, self._motion
-        margin, size = float(card_input["margin"]), int(card_input["size"])
-        detections = self.detector.detect([image for _, image in frames])
-        kept = [[d for d in found if d.confidence > settings.min_confidence] for found in detections]
-        track_ids = link_tracks([[np.asarray(d.box) for d in found] for found in kept], settings.track_iou)
-        faces, crops, movements = [], [], []
-        for (index, image), found, ids in zip(frames, kept, track_ids):
-            for detection, track in zip(found, ids):
-                crops.append(crop_face(image, detection.box, margin, size))
-                if motion is not None:
-                    movements.append((neighbours(index, decoded, motion), detection.box, detection.keypoints))
-                faces.append(FaceScore(track=track, frame=index, time=index / fps if fps else 0.0,
-                                       box=[round(float(v), 1) for v in detection.box],
-                                       detection_confidence=round(float(detection.confidence), 4),
-                                       fake_probability=0.0))
-        if not faces:
-            return
-        measured = None if motion is None else motion_features_of_faces(movements, margin, motion)
-        scores = self.model.fake_probability(np.stack(crops), measured)
-        for face, score in zip(faces, scores):
-            face.fake_probability = float(score)
-        lengths = np.bincount([f.track for f in faces])
-        sizes = np.zeros(len(lengths))
-        for t in range(len(lengths)):
-            sizes[t] = np.median([f.box[2] - f.box[0] for f in faces if f.track == t] or [0.0])
-        keep_tracks = {t for t, n in enumerate(lengths)
-                       if n >= settings.min_track_share * lengths.max()
-                       and sizes[t] >= settings.min_face_share * sizes.max()}
+    def _check(self, path: Path, result: CheckResult) -> None:
+        found = self.faces.run(path, self.settings.frame_indices)
+        info = found.info
+        result.frames_asked, result.frames_sampled = len(found.sampled), len(found.read)
+        result.damaged_frames = [list(run) for run in found.damaged_ranges()]
+        result.frame_count, result.fps, result.duration_s = info.frame_count, info.fps, info.duration
+        result.width, result.height = info.width, info.height
+        result.still_image = found.photo
+        if found.missing:
+            runs = ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in found.damaged_ranges())
+            result.warnings.append(f"only {len(found.read)} of the {len(found.sampled)} frames asked for could be "
+                                   f"decoded (damaged or missing: frames {runs}); the verdict rests on those read")
+        if found.photo:
+            result.warnings.append("a still image: judged by the look of its face alone"
+                                   + (", with no motion to measure" if self._motion is not None else ""))
+        if found.faces:
+            self._score(result, found.faces, info.fps)
+
+    def _score(self, result: CheckResult, faces: list[Face], fps: float) -> None:
+        """Score the faces, keep the tracks worth judging, and give the verdict."""
+        motion = None if self._motion is None else np.stack([face.motion for face in faces])
+        with self._lock:
+            scores = self.model.fake_probability(np.stack([face.crop for face in faces]), motion)
+        if not np.isfinite(scores).all():
+            raise UnmaskError("the model gave scores that are not numbers (is the model folder damaged?)")
+        records = [FaceScore(track=face.track, frame=face.frame, time=face.frame / fps if fps else 0.0,
+                             box=[round(float(v), 1) for v in face.box],
+                             detection_confidence=round(float(face.confidence), 4), fake_probability=float(score))
+                   for face, score in zip(faces, scores)]
+        lengths = {t: sum(f.track == t for f in records) for t in {f.track for f in records}}
+        sizes = {t: float(np.median([f.box[2] - f.box[0] for f in records if f.track == t])) for t in lengths}
+        keep = judged_tracks(sizes, lengths, self.settings.min_face_share, self.settings.min_track_share)
         tracks = []
-        for track in sorted(keep_tracks):
-            track_scores = np.array([f.fake_probability for f in faces if f.track == track])
+        for track in sorted(keep):
+            track_scores = np.array([f.fake_probability for f in records if f.track == track])
             tracks.append({"track": track, "faces": int(track_scores.size),
                            "fake_probability": float(self._reduce(track_scores))})
-        chosen = [i for i, f in enumerate(faces) if f.track in keep_tracks]
-        result.faces, result.crops = [faces[i] for i in chosen], [crops[i] for i in chosen]
+        chosen = [i for i, f in enumerate(records) if f.track in keep]
+        result.faces, result.crops = [records[i] for i in chosen], [faces[i].crop for i in chosen]
         result.tracks = sorted(tracks, key=lambda t: -t["fake_probability"])
-        worst = result.tracks[0]["fake_probability"]
-        result.fake_probability = worst
-        result.verdict = FAKE if worst > result.threshold else REAL
-        result.certainty = certainty(worst, result.threshold)
+        worst = result.tracks[0]
+        result.fake_probability = worst["fake_probability"]
+        result.verdict = FAKE if result.fake_probability > result.threshold else REAL
+        result.certainty = certainty(result.fake_probability, result.threshold, worst["faces"])
+        if worst["faces"] < SURE_FACES["fairly sure"]:
+            result.warnings.append(f"the verdict rests on {worst['faces']} face{'s' if worst['faces'] != 1 else ''}: "
+                                   "too little to be sure")
 
     def heatmaps(self, crops: list[np.ndarray]) -> np.ndarray | None:
         """``face_heatmaps`` of this checker's model, taking turns with the other threads."""

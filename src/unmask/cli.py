@@ -1,6 +1,8 @@
 """The `unmask` command: parse arguments, call one function per command, print, set the exit code.
 
-Exit codes: 0 = it ran; 1 = nothing could be processed; 2 = the input or the options are wrong.
+Exit codes: 0 = it ran; 1 = some input could not be used (`check`: a video could not be read;
+`prepare`: not one video could be prepared); 2 = wrong options, input or paths (a report that
+cannot be written, say); 130 = interrupted (Ctrl+C).
 """
 from __future__ import annotations
 
@@ -78,6 +80,9 @@ def _prepare_command(parser: argparse.ArgumentParser):
     parser.add_argument("--min-confidence", type=float, help="keep faces with MTCNN confidence over this (seed: 0.9)")
     parser.add_argument("--min-face-size", type=_positive_int, help="smallest face searched, in pixels (default: 40)")
     parser.add_argument("--margin", type=float, help="border added around the box, fraction of its size (seed: 0)")
+    parser.add_argument("--max-side", type=_ranged(int, 0), metavar="PIXELS",
+                        help="scale frames larger than this down before finding faces, bounding memory "
+                             "(default: 1920, so up to 1080p is untouched; 0: never scale)")
     parser.add_argument("--size", type=_positive_int, help="side of the square face crop (seed: 320)")
     parser.add_argument("--motion", nargs="?", const=MOTION_ON.flow, choices=FLOWS, metavar="FLOW",
                         help="also read the 3 frames after each sampled one and store each face's motion "
@@ -114,11 +119,13 @@ def _prepare_config(args: argparse.Namespace):
 
     base = preset(args.preset)
     frames = replace(base.frames, **{k: v for k, v in (("step", args.step), ("max_frames", args.frames)) if v})
-    face_overrides = {
-        "min_confidence": args.min_confidence, "min_face_size": args.min_face_size,
-        "margin": args.margin, "size": args.size, "device": args.device,
-    }
+    face_overrides = {"min_confidence": args.min_confidence, "margin": args.margin, "size": args.size,
+                      "device": args.device}
     faces = replace(base.faces, **{k: v for k, v in face_overrides.items() if v is not None})
+    if args.min_face_size:
+        faces = replace(faces, mtcnn=replace(faces.mtcnn, min_face_size=args.min_face_size))
+    if args.max_side is not None:
+        faces = replace(faces, max_side=args.max_side or None)
     return replace(base, frames=frames, faces=faces,
                    motion=replace(MOTION_ON, flow=args.motion) if args.motion else base.motion)
 
@@ -195,10 +202,10 @@ def _synth_command(parser: argparse.ArgumentParser):
 
 def _run_synth(args: argparse.Namespace) -> int:
     from unmask.config import FaceDetection, FrameSampling, PrepareConfig
-    from unmask.datasets import DatasetScan
+    from unmask.datasets import DatasetScan, real_sources
     from unmask.prepare import prepare_dataset
     from unmask.store import FaceStore
-    from unmask.synth import KINDS, real_sources, synthesize_store
+    from unmask.synth import KINDS, synthesize_store
     from unmask.visualize import contact_sheet
 
     for kind in args.kinds:
@@ -246,10 +253,8 @@ def _params(pairs: list[str]) -> dict:
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    from unmask.models import MODELS
-
     parser.add_argument("store", type=Path, help="face store made by `unmask prepare`")
-    parser.add_argument("--model", default="rf", help=f"model name: {', '.join(MODELS.names())} (default: rf)")
+    parser.add_argument("--model", default="rf", help="model name, as `unmask models` lists them (default: rf)")
     parser.add_argument("--features", default=None,
                         help="feature extractor for classical models (default: the model's own; "
                              "see `unmask models`)")
@@ -447,7 +452,7 @@ def _run_models(args: argparse.Namespace) -> int:
 @command("check")
 def _check_command(parser: argparse.ArgumentParser):
     """Check videos for deepfaked faces: a verdict per video (FAKE, REAL or NO FACE FOUND) with its probability."""
-    from unmask.check import CheckSettings
+    from unmask.config import CheckSettings
 
     defaults = CheckSettings()
     parser.add_argument("paths", nargs="+", type=Path, metavar="VIDEO",
@@ -459,6 +464,9 @@ def _check_command(parser: argparse.ArgumentParser):
                                             "(default: the model card's)")
     parser.add_argument("--min-confidence", type=_probability, default=defaults.min_confidence,
                         help=f"ignore faces the detector is less sure of (default: {defaults.min_confidence})")
+    parser.add_argument("--max-side", type=_ranged(int, 0), default=defaults.max_side, metavar="PIXELS",
+                        help=f"scale frames larger than this down as they are decoded, so memory stays bounded "
+                             f"whatever the resolution (default: {defaults.max_side}; 0: never scale)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     parser.add_argument("--json", action="store_true", help="print one JSON record per video (JSON Lines)")
     reports = parser.add_mutually_exclusive_group()
@@ -482,7 +490,7 @@ def _run_check(args: argparse.Namespace) -> int:
         raise UnmaskError(f"--report writes the report of one video, and {len(videos)} were given; "
                           "use --report-dir DIR for one report per video")
     settings = CheckSettings(frames=args.frames, min_confidence=args.min_confidence, aggregate=args.aggregate,
-                             device=args.device)
+                             max_side=args.max_side or None, device=args.device)
     checker = Checker(args.model, settings)
     names: set[str] = set()
     errors = 0
@@ -514,14 +522,22 @@ def _show_check(args, video: Path, result, checker, settings, names: set[str], v
 
     verdicts[result.verdict] = verdicts.get(result.verdict, 0) + 1
     target = args.report or (args.report_dir / _report_name(video, names) if args.report_dir else None)
-    report = write_report(target, result, checker) if target else None
+    try:
+        report = write_report(target, result, checker) if target else None
+    except OSError:
+        _print_check(args, result, settings, None)  # the verdict is known: show it before the report's error
+        raise
+    _print_check(args, result, settings, report)
+    return result.verdict == ERROR
+
+
+def _print_check(args, result, settings, report: Path | None) -> None:
     if args.json:
         print(json.dumps(result.to_json() | ({"report": str(report)} if report else {})), flush=True)
     else:
         print(_verdict_line(result, settings), flush=True)
         if report:
             print(f"  report: {report}", flush=True)
-    return result.verdict == ERROR
 
 
 def _report_name(video: Path, taken: set[str]) -> str:
@@ -552,14 +568,31 @@ def _verdict_line(result, settings) -> str:
 @command("serve")
 def _serve_command(parser: argparse.ArgumentParser):
     """Serve the web page and HTTP API: upload a video, get its verdict and report."""
+    from unmask.config import CHECK_MEMORY_MB, ServeSettings
+
+    defaults = ServeSettings()
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default: 127.0.0.1, this machine only)")
     parser.add_argument("--port", type=_port, default=8000, help="port (default: 8000; 0: any free port)")
     parser.add_argument("--model", type=Path, help="model folder (default: the model shipped with unmask)")
-    parser.add_argument("--max-upload-mb", type=_positive_float, default=200,
-                        help="largest video accepted, in MB (default: 200)")
-    parser.add_argument("--workers", type=_positive_int, default=2,
-                        help="videos checked at the same time; more wait their turn (default: 2)")
+    parser.add_argument("--max-upload-mb", type=_positive_float, default=defaults.max_upload_mb,
+                        help=f"largest video accepted, in MB (default: {defaults.max_upload_mb:g})")
+    parser.add_argument("--workers", type=_positive_int, default=defaults.workers,
+                        help=f"videos checked at the same time; more wait their turn (default: {defaults.workers})")
+    parser.add_argument("--memory-budget-mb", type=_positive_float, default=defaults.memory_budget_mb, metavar="MB",
+                        help=f"memory checks in progress may hold together, beyond the models; each holds at most "
+                             f"{CHECK_MEMORY_MB} MB, so fewer than --workers run at once when it is small "
+                             f"(default: {defaults.memory_budget_mb:g})")
+    parser.add_argument("--max-uploads", type=_positive_int, default=defaults.max_uploads,
+                        help=f"uploads received at once; more get 503 (default: {defaults.max_uploads})")
+    parser.add_argument("--max-queued", type=_positive_int, default=defaults.max_queued,
+                        help=f"checks waiting or running at once; more get 503 (default: {defaults.max_queued})")
+    parser.add_argument("--upload-timeout", type=_positive_float, default=defaults.upload_timeout_s, metavar="S",
+                        help=f"longest an upload may take, in seconds; slower ones get 408 "
+                             f"(default: {defaults.upload_timeout_s:g})")
+    parser.add_argument("--stall-timeout", type=_positive_float, default=defaults.stall_timeout_s, metavar="S",
+                        help=f"longest wait for more of an upload, in seconds; a stalled one gets 408 "
+                             f"(default: {defaults.stall_timeout_s:g})")
     parser.add_argument("--upload-dir", type=Path,
                         help="where uploads wait while checked (default: the system's temporary folder)")
     return _run_serve
@@ -568,11 +601,14 @@ def _serve_command(parser: argparse.ArgumentParser):
 def _run_serve(args: argparse.Namespace) -> int:
     import socket
 
-    import uvicorn
+    from unmask.config import ServeSettings
+    from unmask.web.app import Server, create_app
 
-    from unmask.web.app import create_app
-
-    app = create_app(args.model, max_upload_mb=args.max_upload_mb, workers=args.workers, upload_dir=args.upload_dir)
+    settings = ServeSettings(max_upload_mb=args.max_upload_mb, workers=args.workers, max_uploads=args.max_uploads,
+                             max_queued=args.max_queued, upload_timeout_s=args.upload_timeout,
+                             stall_timeout_s=args.stall_timeout, upload_dir=args.upload_dir,
+                             memory_budget_mb=args.memory_budget_mb)
+    app = create_app(args.model, settings)
     family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
     listener = socket.socket(family, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -587,10 +623,9 @@ def _run_serve(args: argparse.Namespace) -> int:
         print(f"warning: listening on {host}: anyone who can reach this machine can upload videos", file=sys.stderr)
     shown = f"[{host}]" if family == socket.AF_INET6 else host
     print(f"unmask: serving on http://{shown}:{port} (API docs at /docs); Ctrl+C stops", flush=True)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="info", timeout_graceful_shutdown=5))
     try:
-        server.run(sockets=[listener])
-    except KeyboardInterrupt:  # uvicorn shuts down gracefully, then passes Ctrl+C on
+        Server(app).run(sockets=[listener])
+    except KeyboardInterrupt:  # uvicorn shuts down (requests in progress get 503), then passes Ctrl+C on
         print("unmask serve: stopped", file=sys.stderr)
     return EXIT_OK
 
@@ -620,8 +655,184 @@ def _run_sample(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --------------------------------------------------------------------------- dataset
+@command("dataset")
+def _dataset_command(parser: argparse.ArgumentParser):
+    """Get FaceForensics++ whole: check a download against the official lists, or finish it with the official script."""
+    from unmask.dataset_check import CORE_DATASETS, DATASET_FOLDERS
+    from unmask.dataset_fetch import SERVERS, FetchSettings
+
+    names = ", ".join(DATASET_FOLDERS)
+    actions = parser.add_subparsers(dest="dataset_command", metavar="ACTION", required=True)
+    check = actions.add_parser(
+        "check", help="what is missing, broken or stray in a FaceForensics++ download (exit 1 if not complete)",
+        description="Count the videos of a FaceForensics++ download against the official lists (per official "
+                    "split), and find the empty, unreadable and truncated ones. Exit 0 when complete, 1 when "
+                    "something is missing or broken, 2 on bad input.")
+    check.add_argument("root", type=Path, help="the download's root folder (holding original_sequences/ ...)")
+    check.add_argument("--method", type=_csv_list, help=f"datasets, comma separated, or all: {names} (default: "
+                       "the five of FF++, and any other that has a folder)")
+    check.add_argument("--compression", type=_csv_list,
+                       help="raw,c23,c40, comma separated (default: those with anything downloaded)")
+    check.add_argument("--list-missing", action="store_true", help="name every missing file, not the first few")
+    check.add_argument("--workers", type=_positive_int, default=2, help="files read at once (default: 2)")
+    check.add_argument("--splits", type=Path, metavar="DIR",
+                       help="train/val/test.json to expect instead of the official lists (shipped with unmask)")
+    check.add_argument("--json", action="store_true", help="print the report as JSON")
+    check.set_defaults(dataset_handler=_run_dataset_check)
+
+    defaults = FetchSettings()
+    fetch = actions.add_parser(
+        "fetch", help="run your official download script until the download is complete, then check it",
+        description="Run the official FaceForensics++ download script (sent by the authors to those who accept "
+                    "the terms through their form) once per dataset and compression, with retries, back-off, a "
+                    "change of server after repeated failures and removal of partial files; then `dataset check`. "
+                    "Re-running, or running after Ctrl+C, resumes.")
+    fetch.add_argument("root", type=Path, help="the download's root folder (created if absent)")
+    fetch.add_argument("--script", type=Path, required=True, help="your copy of the official download script")
+    fetch.add_argument("--method", type=_csv_list, default=list(CORE_DATASETS),
+                       help=f"datasets, comma separated, or all: {names} (default: {','.join(CORE_DATASETS)})")
+    fetch.add_argument("--compression", type=_csv_list, default=["c23"],
+                       help="raw,c23,c40, comma separated (default: c23)")
+    fetch.add_argument("--server", default=defaults.server,
+                       help=f"server to start with, {', '.join(SERVERS)} (default: {defaults.server})")
+    fetch.add_argument("--attempts", type=_positive_int, default=defaults.attempts,
+                       help=f"runs of the script per dataset and compression, at most (default: {defaults.attempts})")
+    fetch.add_argument("--switch-after", type=_positive_int, default=defaults.switch_after,
+                       help=f"failed runs on one server before the next (default: {defaults.switch_after})")
+    fetch.add_argument("--backoff", type=_ranged(float, 0.0), default=defaults.backoff_s, metavar="SECONDS",
+                       help=f"wait after the first failed run, doubling after each (default: {defaults.backoff_s:g})")
+    fetch.add_argument("--stall", type=_positive_float, default=defaults.stall_s, metavar="SECONDS",
+                       help="stop a run that neither downloads nor prints for this long, and retry "
+                            f"(default: {defaults.stall_s:g})")
+    fetch.add_argument("--agree-tos", action="store_true",
+                       help="confirm that you agreed to the FaceForensics terms of use, which the script asks "
+                            "on every run (asked once here otherwise)")
+    fetch.add_argument("--splits", type=Path, metavar="DIR", help="train/val/test.json to expect instead of the official lists")
+    fetch.add_argument("--json", action="store_true", help="print the runs and the final check as JSON")
+    fetch.set_defaults(dataset_handler=_run_dataset_fetch)
+    return lambda args: args.dataset_handler(args)
+
+
+def _dataset_names(methods: list[str] | None) -> list[str] | None:
+    from unmask.dataset_check import DATASET_FOLDERS
+
+    return list(DATASET_FOLDERS) if methods == ["all"] else methods
+
+
+def _run_dataset_check(args: argparse.Namespace) -> int:
+    from unmask.dataset_check import check_dataset, load_splits
+
+    splits = load_splits(args.splits) if args.splits else None
+    report = check_dataset(args.root, _dataset_names(args.method), args.compression, splits, args.workers)
+    if args.json:
+        _print_json(report.to_json())
+    else:
+        _print_dataset_report(report, args.list_missing)
+    return EXIT_OK if report.complete else EXIT_NOTHING_DONE
+
+
+def _print_dataset_report(report, list_missing: bool) -> None:
+    state = "complete" if report.complete else "INCOMPLETE"
+    print(f"FaceForensics++ at {report.root}: {state} ({report.files_checked} files read in {report.seconds:.1f} s; "
+          "expected: the official lists, 1000 videos per dataset, train/val/test 720/140/140)")
+    header = ["dataset", "comp", "train", "val", "test", "whole", "missing", "broken", "stray"]
+    rows = []
+    for f in report.folders:
+        if f.listed:
+            counts = [f"{f.splits[s].ok}/{f.splits[s].expected}" for s in ("train", "val", "test")]
+            total = f"{f.ok}/{f.expected}" + ("" if f.exists else " (no folder)")
+        else:
+            counts, total = ["-", "-", "-"], f"{f.ok} (no list)" if f.exists else "0 (no folder)"
+        rows.append([f.dataset, f.compression, *counts, total,
+                     str(len(f.missing)) if f.listed else "-", str(len(f.broken)), str(len(f.stray))])
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))))
+    if report.unchecked:
+        print(f"not checked (nothing downloaded): {', '.join(report.unchecked)}; --compression to ask for them")
+    shown = None if list_missing else 8
+    for f in report.folders:
+        where = f"{f.dataset} {f.compression}"
+        if f.missing and f.exists:
+            whole = [f"{s} ({c.expected})" for s, c in f.splits.items()
+                     if len(c.missing) == c.expected and not list_missing]
+            parts = [f"all of {' and '.join(whole)}"] if whole else []
+            for split, count in f.splits.items():
+                if count.missing and (list_missing or len(count.missing) < count.expected):
+                    names = [Path(n).stem for n in count.missing]
+                    more = f" ... and {len(names) - shown} more" if shown and len(names) > shown else ""
+                    parts.append(f"{split} ({len(names)}): {', '.join(names[:shown])}{more}")
+            hint = " (--list-missing names them all)" if shown and any(" more" in p for p in parts) else ""
+            print(f"missing in {where} ({len(f.missing)}): {'; '.join(parts)}{hint}")
+        for b in f.broken:
+            print(f"broken in {where}: {b.name}: {b.problem} ({b.detail})")
+        if f.stray:
+            print(f"stray in {f.folder}: {', '.join(f.stray[:shown])}"
+                  + (f" ... and {len(f.stray) - shown} more" if shown and len(f.stray) > shown else ""))
+
+
+def _run_dataset_fetch(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from unmask.dataset_check import load_splits
+    from unmask.dataset_fetch import FetchSettings, fetch_dataset, servers_from
+
+    servers_from(args.server)  # a bad value is one line before anything runs
+    splits = load_splits(args.splits) if args.splits else None
+    agreed = args.agree_tos or _ask_terms()
+    settings = FetchSettings(server=args.server, attempts=args.attempts, switch_after=args.switch_after,
+                             backoff_s=args.backoff, stall_s=args.stall)
+    bars: dict[tuple[str, str], tqdm] = {}
+
+    def on_event(event) -> None:
+        key = (event.dataset, event.compression)
+        if event.kind == "start":
+            bars[key] = tqdm(total=event.total, initial=event.done, unit="video", file=sys.stderr,
+                             desc=f"{event.dataset} {event.compression}", dynamic_ncols=True)
+        bar = bars.get(key)
+        if bar is not None:
+            bar.n = event.done
+            bar.refresh()
+        if event.message:
+            tqdm.write(f"unmask dataset fetch: {event.dataset} {event.compression}: {event.message}", file=sys.stderr)
+        if event.kind == "done" and bar is not None:
+            bar.close()
+
+    try:
+        report = fetch_dataset(args.root, args.script, _dataset_names(args.method), args.compression, agreed,
+                               settings, splits, on_event)
+    finally:
+        for bar in bars.values():
+            bar.close()
+    if args.json:
+        _print_json({"attempts": [{**vars(a), "failure": a.failure} for a in report.attempts],
+                     "removed": report.removed, "check": report.check.to_json()})
+    else:
+        failed = sum(1 for a in report.attempts if a.failure)
+        print(f"{len(report.attempts)} run(s) of the script, {failed} failed; "
+              f"{len(report.removed)} partial file(s) removed")
+        _print_dataset_report(report.check, list_missing=False)
+    return EXIT_OK if report.complete else EXIT_NOTHING_DONE
+
+
+def _ask_terms() -> bool:
+    """The script asks for this on every run; asked here once, and passed on to each run."""
+    if not sys.stdin.isatty():
+        raise UnmaskError("the download script asks you to confirm that you agreed to the FaceForensics terms of "
+                          "use; run this in a terminal to be asked, or pass --agree-tos")
+    print("The download script asks you to confirm that you have agreed to the FaceForensics terms of use "
+          "(https://github.com/ondyari/FaceForensics). Have you? [y/N] ", end="", file=sys.stderr, flush=True)
+    if input().strip().lower() not in ("y", "yes"):
+        raise UnmaskError("not confirmed; nothing downloaded")
+    return True
+
+
 # --------------------------------------------------------------------------- main
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """Every sub-command with its one-line help, and the arguments of ``command`` alone: a
+    sub-command's set-up may import what its defaults come from, and `unmask --help` or
+    `unmask check --help` must not pay for the others (torch, scikit-learn, FastAPI)."""
     parser = argparse.ArgumentParser(
         prog="unmask",
         description="Tell whether a video of a face is real or a deepfake; build, train and measure the "
@@ -632,13 +843,15 @@ def build_parser() -> argparse.ArgumentParser:
     for name, setup in COMMANDS.items():
         doc = (setup.__doc__ or "").strip()
         child = sub.add_parser(name, help=doc.splitlines()[0] if doc else None, description=doc)
-        child.set_defaults(handler=setup(child))
+        if name == command:
+            child.set_defaults(handler=setup(child))
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((word for word in argv if not word.startswith("-")), None)
+    args = build_parser(command).parse_args(argv)
     try:
         return args.handler(args)
     except UnmaskError as err:

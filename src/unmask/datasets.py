@@ -1,4 +1,5 @@
-"""Find the videos of a dataset and what is known about each: label, method, ids, split.
+"""Find the videos of a dataset and what is known about each: label, method, ids, split; and read
+the still photos that stand in for one-frame videos.
 
 Three layouts are read as they are: FaceForensics++'s official download layout, a plain
 ``real/`` + ``fake/`` folder pair, and a CSV manifest. A partial download is normal (the
@@ -12,9 +13,17 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from unmask.errors import UnmaskError
 
+if TYPE_CHECKING:  # video reading (PyAV) is imported where a photo or video is read, not with the listing
+    import numpy as np
+
+    from unmask.video import VideoInfo
+
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".mpg", ".mpeg", ".webm", ".m4v")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 FFPP_METHODS = ("Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures", "FaceShifter", "DeepFakeDetection")
 FFPP_COMPRESSIONS = ("raw", "c23", "c40")
 REAL, FAKE = 0, 1
@@ -223,3 +232,40 @@ def open_dataset(
     if not scan.videos:
         raise UnmaskError(f"no videos found in {path}" + (f" ({scan.problems[0]})" if scan.problems else ""))
     return scan
+
+
+def real_sources(folder: Path) -> list[Video]:
+    """Every video and photo under ``folder`` as a real-class item, its own identity group
+    (material for self-blended and swapped fakes)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UnmaskError(f"no such folder: {folder}")
+    paths = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES + IMAGE_SUFFIXES)
+    if not paths:
+        raise UnmaskError(f"no videos or photos found under {folder}")
+    return [Video(path=p, label=REAL, key=p.relative_to(folder).as_posix(), method="original",
+                  ids=identity_token(p.relative_to(folder).as_posix())) for p in paths]
+
+
+def is_photo(path: Path) -> bool:
+    return Path(path).suffix.lower() in IMAGE_SUFFIXES
+
+
+PHOTO_PADDING = 0.5
+"""Border added around a still photo, as a fraction of its size: tight face crops (like
+UTKFace's) leave MTCNN no context and go undetected without it."""
+
+
+def read_photo(path: Path) -> tuple[VideoInfo, list[tuple[int, np.ndarray]]]:
+    """A still photo as a one-frame video, padded by replicating its border."""
+    import cv2
+
+    from unmask.video import VideoError, VideoInfo
+
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise VideoError(f"{path}: not a readable image")
+    pad_y, pad_x = int(image.shape[0] * PHOTO_PADDING), int(image.shape[1] * PHOTO_PADDING)
+    image = cv2.copyMakeBorder(image, pad_y, pad_y, pad_x, pad_x, cv2.BORDER_REPLICATE)
+    image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    return VideoInfo(1, 0.0, image.shape[1], image.shape[0], 0), [(0, image)]

@@ -30,7 +30,8 @@ import numpy as np
 from unmask.config import PrepareConfig
 from unmask.datasets import Video
 from unmask.errors import UnmaskError
-from unmask.prepare import _video_record, make_detector, process_and_write
+from unmask.util import torch_world
+from unmask.prepare import _video_record, make_face_pass, process_and_write
 from unmask.store import VIDEO_COLUMNS, Shard, shard_id, write_shard
 
 if TYPE_CHECKING:  # check loads the detector and the model; workers import it when they check
@@ -158,16 +159,16 @@ def _queue_cluster(kind: str, options: dict, config_file: Path | None):
 
 
 # --------------------------------------------------------------------------- the work
-_detector: tuple | None = None
-"""(face settings, MTCNN) of this worker process: loading the model costs a second, once."""
+_face_pass: tuple | None = None
+"""(face and motion settings, FacePass) of this worker process: loading the detector costs a second, once."""
 
 
 def _process(video: Video, config: PrepareConfig, shards_dir: Path) -> dict:
     """One task: one video, on a worker, with the worker's own detector; returns its record."""
-    global _detector
-    if _detector is None or _detector[0] != config.faces:
-        _detector = (config.faces, make_detector(config, threads=1))
-    return process_and_write(video, config, _detector[1], shards_dir, decode_threads=1)
+    global _face_pass
+    if _face_pass is None or _face_pass[0] != (config.faces, config.motion):
+        _face_pass = ((config.faces, config.motion), make_face_pass(config, threads=1, decode_threads=1))
+    return process_and_write(video, config, _face_pass[1], shards_dir)
 
 
 def dask_runner(client, config: PrepareConfig, retries: int = 2, in_flight: int = 256) -> Runner:
@@ -332,15 +333,6 @@ def joblib_on_cluster(client) -> Iterator[None]:
 
     with joblib.parallel_backend("dask", client=client):
         yield
-
-
-def torch_world() -> tuple[int, int]:
-    """(rank, number of processes) of the ``torch.distributed`` group this process trains in; (0, 1) alone."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 @contextmanager

@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy.stats import trim_mean
 from sklearn.metrics import (
     average_precision_score,
     confusion_matrix,
@@ -28,8 +27,8 @@ from sklearn.metrics import (
 )
 
 from unmask.errors import UnmaskError
-from unmask.store import atomic_path
-from unmask.registry import Registry
+from unmask.util import atomic_path
+from unmask.aggregate import AGGREGATES
 from unmask.splits import LEAKY_SPLITS
 from unmask.usage import Usage
 
@@ -39,29 +38,6 @@ CLASS_NAMES = ("real", "fake")
 ECE_BINS = 15
 ROC_POINTS = 200
 """ROC curves are stored with at most this many points: enough to draw, small in JSON."""
-
-AGGREGATES: Registry[float] = Registry("frame aggregate")
-
-
-@AGGREGATES.register("mean", help="mean of the frame scores")
-def _mean(scores: np.ndarray) -> float:
-    return float(np.mean(scores))
-
-
-@AGGREGATES.register("median", help="median of the frame scores: ignores a few odd frames")
-def _median(scores: np.ndarray) -> float:
-    return float(np.median(scores))
-
-
-@AGGREGATES.register("max", help="highest frame score: one convincing fake frame flags the video")
-def _max(scores: np.ndarray) -> float:
-    return float(np.max(scores))
-
-
-@AGGREGATES.register("trimmed-mean", help="mean without the top and bottom 10% of frames")
-def _trimmed_mean(scores: np.ndarray) -> float:
-    return float(trim_mean(scores, 0.1))
-
 
 def video_scores(p_fake, videos, labels, aggregate: str = "mean") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(video keys, video scores, video labels), sorted by key; frames of a video must share a label."""

@@ -1,6 +1,7 @@
 """Dataset -> frames -> faces -> face store, for one video and for many.
 
-``process_video`` is the unit of work (it runs in a local process pool or on a Dask
+``process_video`` (the face pass of ``unmask.faces.face_pass``, into a store shard) is the unit of
+work (it runs in a local process pool or on a Dask
 worker alike); ``prepare_dataset`` schedules it over a dataset, resumes where a previous
 run stopped, and commits the shards into the store.
 """
@@ -17,25 +18,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from unmask.config import PrepareConfig, resolve_device
+from unmask.config import PrepareConfig
 from unmask.datasets import LABEL_NAMES, DatasetScan, Video
-from unmask.faces.crop import crop_box, crop_face
-from unmask.motion import MOTION_COLUMNS, MOTION_FEATURES, motion_features, neighbours, wanted_frames
+from unmask.faces.face_pass import FacePass
+from unmask.faces.motion import MOTION_COLUMNS, MOTION_FEATURES
 from unmask.store import KEYPOINT_COLUMNS, Shard, StoreWriter, write_shard
-from unmask.video import read_frames
+from unmask.video import VideoError
 
 
-def make_detector(config: PrepareConfig, threads: int | None = None):
-    """The MTCNN for these settings; ``threads`` caps torch's CPU threads (one per worker)."""
-    import torch
-
-    from unmask.faces.mtcnn import MTCNN
-
-    if threads:
-        torch.set_num_threads(threads)
-    faces = config.faces
-    return MTCNN(min_face_size=faces.min_face_size, thresholds=faces.thresholds,
-                 device=resolve_device(faces.device))
+def make_face_pass(config: PrepareConfig, threads: int | None = None, decode_threads: int = 0) -> FacePass:
+    """The face pass for these settings (most confident face per frame, the study's rule);
+    ``threads`` caps the detector's and the motion features' CPU threads (one per worker)."""
+    return FacePass(config.faces, config.motion, keep="best", threads=threads, decode_threads=decode_threads)
 
 
 def _video_record(video: Video) -> dict:
@@ -45,95 +39,51 @@ def _video_record(video: Video) -> dict:
     }
 
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-PHOTO_PADDING = 0.5
-"""Border added around a still photo, as a fraction of its size: tight face crops (like
-UTKFace's) leave MTCNN no context and go undetected without it."""
-
-
-def read_photo(path: Path):
-    """A still photo as a one-frame video, padded by replicating its border."""
-    import cv2
-
-    from unmask.video import VideoError, VideoInfo
-
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise VideoError(f"{path}: not a readable image")
-    pad_y, pad_x = int(image.shape[0] * PHOTO_PADDING), int(image.shape[1] * PHOTO_PADDING)
-    image = cv2.copyMakeBorder(image, pad_y, pad_y, pad_x, pad_x, cv2.BORDER_REPLICATE)
-    image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-    return VideoInfo(1, 0.0, image.shape[1], image.shape[0], 0), [(0, image)]
-
-
-def process_video(video: Video, config: PrepareConfig, detector, decode_threads: int = 0) -> Shard:
+def process_video(video: Video, config: PrepareConfig, faces: FacePass) -> Shard:
     """Sample the frames of one video (or take a photo), keep the most confident face of each, crop it.
 
     A video that cannot be read becomes a record with status "error" and its reason; one
     where no face passes the threshold, status "no-face". Nothing here raises for bad input.
     """
-    from unmask.video import VideoError
-
     record = {**_video_record(video), "status": "ok", "reason": "", "frame_count": 0, "frames_read": 0,
               "faces": 0, "decode_s": 0.0, "detect_s": 0.0, "motion_s": 0.0, "store_s": 0.0, "seconds": 0.0}
     size = config.faces.size
     started = time.perf_counter()
     try:
-        if Path(video.path).suffix.lower() in IMAGE_SUFFIXES:
-            info, frames = read_photo(video.path)
-        else:
-            info, frames = read_frames(video.path, wanted_frames(config.frames.indices(None), config.motion),
-                                       threads=decode_threads)
+        found = faces.run(video.path, config.frames.indices)
     except VideoError as err:
         record.update(status="error", reason=str(err).removeprefix(f"{video.path}: "))
         record["seconds"] = time.perf_counter() - started
         return Shard(record, [], np.zeros((0, size, size, 3), np.uint8))
-    decoded = time.perf_counter()
-    everything = dict(frames)
-    sampled = set(config.frames.indices(info.frame_count))
-    frames = [(index, image) for index, image in frames if index in sampled]
-    detections = detector.detect([image for _, image in frames])
-    detected = time.perf_counter()
-    rows, crops, motion_s = [], [], 0.0
-    for (index, image), found in zip(frames, detections):
-        kept = [d for d in found if d.confidence > config.faces.min_confidence]
-        if not kept:
-            continue
-        best = max(kept, key=lambda d: d.confidence)
-        crops.append(crop_face(image, best.box, config.faces.margin, size))
-        x1, y1, x2, y2 = (float(v) for v in best.box)
-        cx1, cy1, cx2, cy2 = crop_box(best.box, image.shape, config.faces.margin)
+    began = time.perf_counter()
+    rows = []
+    for face in found.faces:
         rows.append({
             "video": video.key, "label": video.label, "method": video.method,
             "compression": video.compression, "source": video.source, "ids": video.ids,
-            "split": video.split, "frame": index, "x1": x1, "y1": y1, "x2": x2, "y2": y2,
-            "crop_x1": cx1, "crop_y1": cy1, "crop_x2": cx2, "crop_y2": cy2,
-            "confidence": float(best.confidence),
-            **dict(zip(KEYPOINT_COLUMNS, np.asarray(best.keypoints, dtype=float).ravel())),
-            "n_detections": len(found), "path": str(video.path),
+            "split": video.split, "frame": face.frame, **dict(zip(("x1", "y1", "x2", "y2"), face.box)),
+            **dict(zip(("crop_x1", "crop_y1", "crop_x2", "crop_y2"), face.crop_region)),
+            "confidence": face.confidence,
+            **dict(zip(KEYPOINT_COLUMNS, face.keypoints.astype(float).ravel())),
+            "n_detections": face.detections_in_frame, "path": str(video.path),
         })
-        if config.motion.enabled:
-            began = time.perf_counter()
-            features = motion_features(neighbours(index, everything, config.motion), best.box, best.keypoints,
-                                       config.faces.margin, config.motion)
-            rows[-1].update(zip(MOTION_COLUMNS, (None if np.isnan(v) else float(v) for v in features)))
-            motion_s += time.perf_counter() - began
-    faces = np.stack(crops) if crops else np.zeros((0, size, size, 3), np.uint8)
+        if face.motion is not None:
+            rows[-1].update(zip(MOTION_COLUMNS, (None if np.isnan(v) else float(v) for v in face.motion)))
+    crops = np.stack([face.crop for face in found.faces]) if found.faces else np.zeros((0, size, size, 3), np.uint8)
     record.update(
-        frame_count=info.frame_count, frames_read=len(frames), faces=len(rows),
+        frame_count=found.info.frame_count, frames_read=len(found.read), faces=len(rows),
         status="ok" if rows else "no-face",
-        reason="" if rows else f"no face with confidence over {config.faces.min_confidence} in {len(frames)} frame(s)",
-        decode_s=decoded - started, detect_s=detected - decoded, motion_s=motion_s,
+        reason="" if rows else f"no face with confidence over {config.faces.min_confidence} in {len(found.read)} frame(s)",
+        decode_s=found.decode_s, detect_s=found.detect_s, motion_s=found.motion_s,
     )
-    record["store_s"] = time.perf_counter() - detected - motion_s
+    record["store_s"] = found.crop_s + time.perf_counter() - began
     record["seconds"] = time.perf_counter() - started
-    return Shard(record, rows, faces)
+    return Shard(record, rows, crops)
 
 
-def process_and_write(video: Video, config: PrepareConfig, detector, shards_dir: Path,
-                      decode_threads: int = 0) -> dict:
+def process_and_write(video: Video, config: PrepareConfig, faces: FacePass, shards_dir: Path) -> dict:
     """Process one video and write its shard; returns the video record (small, cheap to send)."""
-    shard = process_video(video, config, detector, decode_threads)
+    shard = process_video(video, config, faces)
     began = time.perf_counter()
     write_shard(shards_dir, shard)
     shard.video["store_s"] += time.perf_counter() - began
@@ -141,16 +91,16 @@ def process_and_write(video: Video, config: PrepareConfig, detector, shards_dir:
     return shard.video
 
 
-_worker_detector = None
+_worker_faces: FacePass | None = None
 
 
 def _init_worker(config: PrepareConfig) -> None:
-    global _worker_detector
-    _worker_detector = make_detector(config, threads=1)
+    global _worker_faces
+    _worker_faces = make_face_pass(config, threads=1, decode_threads=1)
 
 
 def _work(video: Video, config: PrepareConfig, shards_dir: Path) -> dict:
-    return process_and_write(video, config, _worker_detector, shards_dir, decode_threads=1)
+    return process_and_write(video, config, _worker_faces, shards_dir)
 
 
 @dataclass
@@ -237,9 +187,9 @@ def _run_local(videos: list[Video], shards: Path, config: PrepareConfig, workers
     if not videos:
         return
     if workers <= 1:
-        detector = make_detector(config)
+        faces = make_face_pass(config)
         for video in videos:
-            yield process_and_write(video, config, detector, shards)
+            yield process_and_write(video, config, faces, shards)
         return
     workers = min(workers, len(videos), os.cpu_count() or 1)
     with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),

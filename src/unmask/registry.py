@@ -36,12 +36,9 @@ class Registry(Generic[T]):
         return self.builder(name)(**kwargs)
 
     def builder(self, name: str) -> Callable[..., T]:
-        try:
-            return self._builders[name]
-        except KeyError:
-            raise UnmaskError(
-                f"unknown {self.kind} {name!r}; choose one of: {', '.join(self.names())}"
-            ) from None
+        if not isinstance(name, str) or name not in self._builders:
+            raise UnmaskError(f"unknown {self.kind} {name!r}; choose one of: {', '.join(self.names())}")
+        return self._builders[name]
 
     def names(self) -> list[str]:
         return sorted(self._builders)

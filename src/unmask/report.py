@@ -18,7 +18,7 @@ import numpy as np
 from unmask import __version__
 from unmask.check import ERROR, FAKE, NO_FACE, REAL, Checker, CheckResult, face_heatmaps
 from unmask.models.io import LoadedModel
-from unmask.store import atomic_path
+from unmask.util import atomic_path
 
 THUMB = 144
 """Side of the face thumbnails in pixels: big enough to judge, small enough for 60 of them."""
@@ -42,6 +42,7 @@ main { max-width: 980px; margin: 0 auto; padding: 24px 20px 40px; }
 .verdict { font-size: 38px; font-weight: 800; letter-spacing: .04em; }
 .banner .what { font-size: 17px; opacity: .95; }
 .banner .what b { font-size: 22px; }
+.banner .warning { margin-top: 6px; font-size: 14px; background: rgba(0,0,0,.18); padding: 4px 8px; border-radius: 4px; }
 .banner .file { flex-basis: 100%; font-size: 14px; opacity: .85; word-break: break-all; }
 .gauge { position: relative; height: 12px; border-radius: 6px; margin: 18px 4px 30px;
          background: linear-gradient(90deg, #43a047, #fdd835 50%, #e53935); }
@@ -108,7 +109,7 @@ def render_report(result: CheckResult, source: Checker | LoadedModel) -> str:
     title = f"unmask: {name}: {result.verdict}"
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
-            f"<title>{_e(title)}</title><style>{_STYLE}</style></head>\n<body><main>\n"
+            f"<title>{escaped(title)}</title><style>{_STYLE}</style></head>\n<body><main>\n"
             + "\n".join(body) + "\n</main></body></html>\n")
 
 
@@ -121,11 +122,13 @@ def write_report(path: Path, result: CheckResult, source: Checker | LoadedModel)
 
 
 # --------------------------------------------------------------------------- parts
-def _e(value) -> str:
+def escaped(value) -> str:
+    """Text made safe to put in HTML, attribute values included."""
     return html.escape(str(value), quote=True)
 
 
-def _p(value: float | None) -> str:
+def probability_text(value: float | None) -> str:
+    """A probability as the page shows it: two decimals, or n/a."""
     return "n/a" if value is None else f"{value:.2f}"
 
 
@@ -133,19 +136,20 @@ def _banner(result: CheckResult, name: str) -> str:
     css = {FAKE: "FAKE", REAL: "REAL", NO_FACE: "NOFACE"}.get(result.verdict, "ERROR")
     what = ""
     if result.verdict in (FAKE, REAL):
-        what = (f"<div class=\"what\">fake probability <b>{_p(result.fake_probability)}</b> "
-                f"&middot; {_e(result.certainty)}</div>")
-    return (f"<header class=\"banner {css}\"><div class=\"verdict\">{_e(result.verdict)}</div>{what}"
-            f"<div class=\"file\">{_e(name)}</div></header>")
+        what = (f"<div class=\"what\">fake probability <b>{probability_text(result.fake_probability)}</b> "
+                f"&middot; {escaped(result.certainty)}</div>")
+    warnings = "".join(f"<div class=\"warning\">&#9888; {escaped(w)}</div>" for w in result.warnings)
+    return (f"<header class=\"banner {css}\"><div class=\"verdict\">{escaped(result.verdict)}</div>{what}"
+            f"<div class=\"file\">{escaped(name)}</div>{warnings}</header>")
 
 
 def _gauge(p_fake: float, threshold: float) -> str:
     """Where the score sits between surely real (0) and surely fake (1), and the threshold."""
-    return (f"<div class=\"gauge\" title=\"fake probability {_p(p_fake)}, threshold {_p(threshold)}\">"
+    return (f"<div class=\"gauge\" title=\"fake probability {probability_text(p_fake)}, threshold {probability_text(threshold)}\">"
             f"<div class=\"threshold\" style=\"left:{100 * threshold:.1f}%\"></div>"
             f"<div class=\"mark\" style=\"left:{100 * p_fake:.1f}%\"></div>"
             f"<div class=\"labels\"><span style=\"left:0%;transform:none\">0 real</span>"
-            f"<span style=\"left:{100 * threshold:.1f}%\">threshold {_p(threshold)}</span>"
+            f"<span style=\"left:{100 * threshold:.1f}%\">threshold {probability_text(threshold)}</span>"
             f"<span style=\"right:0;left:auto;transform:none\">fake 1</span></div></div>")
 
 
@@ -156,11 +160,12 @@ def _message(result: CheckResult) -> str:
         text = (f"No face was found in the {result.frames_sampled} frames looked at (spread over the whole "
                 "video), so there is nothing to judge. Faces that are very small, strongly turned away or "
                 "partly hidden are not detected.")
-    return f"<div class=\"message {_e(result.verdict if result.verdict == ERROR else '')}\">{_e(text)}</div>"
+    return f"<div class=\"message {escaped(result.verdict if result.verdict == ERROR else '')}\">{escaped(text)}</div>"
 
 
-def _dl(rows: list[tuple[str, str]]) -> str:
-    return "<dl>" + "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in rows) + "</dl>"
+def definition_list(rows: list[tuple[str, str]]) -> str:
+    """(term, description) rows as an HTML <dl>, both escaped."""
+    return "<dl>" + "".join(f"<dt>{escaped(k)}</dt><dd>{escaped(v)}</dd>" for k, v in rows) + "</dl>"
 
 
 def _facts(result: CheckResult, model: LoadedModel) -> str:
@@ -169,19 +174,20 @@ def _facts(result: CheckResult, model: LoadedModel) -> str:
     if result.frame_count:
         video += [("duration", f"{result.duration_s:.1f} s"), ("frames", f"{result.frame_count} at {result.fps:g} fps"),
                   ("size", f"{result.width} x {result.height}")]
-        analysis = [("frames looked at", f"{result.frames_sampled}, spread evenly over the video"),
+        asked = f" of {result.frames_asked} asked" if result.frames_asked != result.frames_sampled else ""
+        analysis = [("frames looked at", f"{result.frames_sampled}{asked}, spread evenly over the video"),
                     ("faces scored", str(len(result.faces))), ("face tracks", str(len(result.tracks))), *analysis]
     card = model.card
     kind = "CNN" if card.get("kind") == "torch" else "classical (scikit-learn)"
-    about = [("kind", f"{kind}, {card['estimator']['name']}"), ("threshold", _p(result.threshold)),
+    about = [("kind", f"{kind}, {card['estimator']['name']}"), ("threshold", probability_text(result.threshold)),
              ("track score", f"{result.aggregate} of its faces")]
     if result.model.get("trained"):
         about.append(("trained on", str(result.model["trained"])))
     return ("<div class=\"cards\">"
-            f"<div class=\"card\"><h3>Video</h3>{_dl(video)}</div>"
-            f"<div class=\"card\"><h3>Analysis</h3>{_dl(analysis)}</div>"
-            f"<div class=\"card\"><h3>Model</h3><p class=\"model-name\">{_e(result.model.get('name', ''))}</p>"
-            f"{_dl(about)}</div></div>")
+            f"<div class=\"card\"><h3>Video</h3>{definition_list(video)}</div>"
+            f"<div class=\"card\"><h3>Analysis</h3>{definition_list(analysis)}</div>"
+            f"<div class=\"card\"><h3>Model</h3><p class=\"model-name\">{escaped(result.model.get('name', ''))}</p>"
+            f"{definition_list(about)}</div></div>")
 
 
 def _colour(track: int) -> str:
@@ -193,7 +199,7 @@ def _tracks(result: CheckResult) -> str:
     for t in result.tracks:
         verdict = FAKE if t["fake_probability"] > result.threshold else REAL
         rows.append(f"<tr><td><span class=\"swatch\" style=\"background:{_colour(t['track'])}\"></span>"
-                    f"track {t['track']}</td><td>{t['faces']}</td><td>{_p(t['fake_probability'])}</td>"
+                    f"track {t['track']}</td><td>{t['faces']}</td><td>{probability_text(t['fake_probability'])}</td>"
                     f"<td><span class=\"pill {verdict.lower()}\">{verdict}</span></td></tr>")
     return ("<section><h2>People in the video</h2><p class=\"note\">Each face track is one person followed "
             "through the video; the verdict follows the most suspicious one.</p><table><tr><th>face track</th>"
@@ -262,8 +268,8 @@ def _faces(result: CheckResult, shown: list[int], heatmaps: np.ndarray | None, m
             note += (" The map shows what the CNN saw in the crop; the score also weighs how the face changed "
                      "over the next frames, which has no map.")
     else:
-        note = (f"Heatmaps are not available for this model kind ({_e(model.card['estimator']['name'])} on "
-                f"{_e(model.card.get('features', 'features'))}): only CNN models can show what drove a score.")
+        note = (f"Heatmaps are not available for this model kind ({escaped(model.card['estimator']['name'])} on "
+                f"{escaped(model.card.get('features', 'features'))}): only CNN models can show what drove a score.")
     parts = [f"<section><h2>The faces it looked at</h2><p class=\"note\">{note}"
              + (f" Showing {len(shown)} of {len(result.faces)} faces." if len(shown) < len(result.faces) else "")
              + "</p>"]
@@ -276,7 +282,7 @@ def _faces(result: CheckResult, shown: list[int], heatmaps: np.ndarray | None, m
             continue
         if len(result.tracks) > 1:
             parts.append(f"<h3 class=\"track-title\"><span class=\"swatch\" style=\"background:{_colour(track)}\">"
-                         f"</span>track {track}: fake probability {_p(score[track])}</h3>")
+                         f"</span>track {track}: fake probability {probability_text(score[track])}</h3>")
         cells = []
         for position in positions:
             face, crop = result.faces[shown[position]], result.crops[shown[position]]
@@ -287,7 +293,7 @@ def _faces(result: CheckResult, shown: list[int], heatmaps: np.ndarray | None, m
                          f"src=\"data:image/jpeg;base64,{_jpeg(_overlay(crop, heatmaps[position]))}\">")
             cells.append(f"<figure class=\"face {'fake' if fake else 'real'}{' cam' if heatmaps is not None else ''}\">"
                          f"<div class=\"pics\">{pics}</div><figcaption class=\"caption\">"
-                         f"<b>{_p(face.fake_probability)}</b> fake<br>frame {face.frame} &middot; {face.time:.2f} s"
+                         f"<b>{probability_text(face.fake_probability)}</b> fake<br>frame {face.frame} &middot; {face.time:.2f} s"
                          "</figcaption></figure>")
         parts.append(f"<div class=\"faces{' cam' if heatmaps is not None else ''}\">" + "".join(cells) + "</div>")
     parts.append("</section>")
@@ -298,8 +304,8 @@ def _reading_guide(result: CheckResult) -> str:
     text = ("How to read this: the model gives every face it finds a probability of being fake. Faces are "
             "followed through the video as tracks (one per person), a track's score is the "
             f"{result.aggregate} of its faces' scores, and the video is called FAKE when its most suspicious "
-            f"track scores above the model's threshold ({_p(result.threshold)}). The certainty says how far "
+            f"track scores above the model's threshold ({probability_text(result.threshold)}). The certainty says how far "
             "from the threshold that score is. A REAL verdict is not proof: a detector can miss manipulation "
             "methods it was not trained on, and heavy compression hides their traces.")
     made = time.strftime("%Y-%m-%d %H:%M")
-    return f"<footer><p>{_e(text)}</p><p>Made by unmask {_e(__version__)} on {_e(made)}.</p></footer>"
+    return f"<footer><p>{escaped(text)}</p><p>Made by unmask {escaped(__version__)} on {escaped(made)}.</p></footer>"

@@ -8,7 +8,7 @@ Layout of a store folder::
     shards/<id>.json    that video's record and its face rows; its presence marks the video done
     faces.npy           all faces, in table order (built by ``commit``)
     faces.csv           one row per face (``row`` indexes faces.npy); with ``--motion`` also the
-                        face's motion residual features (``motion_*`` columns, ``unmask.motion``)
+                        face's motion residual features (``motion_*`` columns, ``unmask.faces.motion``)
     videos.csv          one row per video: status (ok / no-face / error), reason, counts, timings
 
 Every file is written to a temporary name and renamed, so a killed run leaves only whole
@@ -19,19 +19,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from unmask.config import FaceDetection
 from unmask.errors import UnmaskError
-from unmask.motion import MOTION_COLUMNS, MOTION_FEATURES
+from unmask.faces.motion import MOTION_COLUMNS, MOTION_FEATURES
+from unmask.util import atomic_path, json_ready, write_json
 
 FORMAT_VERSION = 1
 KEYPOINT_COLUMNS = [f"kp{i}_{axis}" for i in range(5) for axis in ("x", "y")]
@@ -44,41 +42,6 @@ VIDEO_COLUMNS = [
     "video", "path", "label", "method", "compression", "ids", "split", "status", "reason",
     "frame_count", "frames_read", "faces", "decode_s", "detect_s", "motion_s", "store_s", "seconds",
 ]
-
-
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
-@contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it over ``path`` only if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes files private; ours are meant to be shared
-        os.replace(tmp_path, path)
-    finally:
-        tmp_path.unlink(missing_ok=True)
-
-
-def write_json(path: Path, data) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, default=_json_default))
-
-
-def _json_default(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"cannot write {type(value).__name__} to JSON")
 
 
 def shard_id(video_key: str) -> str:
@@ -96,6 +59,18 @@ class Shard:
     faces: np.ndarray
 
 
+def current_settings(settings: dict) -> dict:
+    """A store's settings in today's shape. Stores made before the detector seam kept MTCNN's
+    ``min_face_size`` and ``thresholds`` beside the crop settings and had no frame bound: they read
+    as MTCNN's settings, with frames at their own size (``max_side`` None), as they were made."""
+    faces = settings.get("faces")
+    if not isinstance(faces, dict) or "detector" in faces:
+        return settings
+    current = asdict(FaceDetection.from_record({**faces, "max_side": None}))
+    current.pop("device")
+    return {**settings, "faces": json.loads(json.dumps(current))}
+
+
 class StoreWriter:
     """Writes shards into a store folder and commits them into the consolidated files."""
 
@@ -105,8 +80,8 @@ class StoreWriter:
         self.settings = {"format_version": FORMAT_VERSION, **settings}
         meta = self.root / "store.json"
         if meta.exists():
-            existing = json.loads(meta.read_text())
-            if existing != json.loads(json.dumps(self.settings, default=_json_default)):
+            existing = current_settings(json.loads(meta.read_text()))
+            if existing != json.loads(json.dumps(self.settings, default=json_ready)):
                 raise UnmaskError(
                     f"{self.root} was made with other settings ({_diff(existing, self.settings)}); "
                     "use another --out folder or the same settings"
@@ -140,7 +115,7 @@ def write_shard(shards_dir: Path, shard: Shard) -> None:
 
 
 def _diff(old: dict, new: dict) -> str:
-    new = json.loads(json.dumps(new, default=_json_default))
+    new = json.loads(json.dumps(new, default=json_ready))
     keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     return ", ".join(f"{k}: {old.get(k)} -> {new.get(k)}" for k in keys) or "different"
 
@@ -186,7 +161,7 @@ class FaceStore:
         if not (self.root / "faces.csv").is_file() or not (self.root / "faces.npy").is_file():
             hint = " (run `unmask prepare` again to finish it)" if (self.root / "shards").is_dir() else ""
             raise UnmaskError(f"{self.root} is not a face store{hint}")
-        self.settings = json.loads((self.root / "store.json").read_text())
+        self.settings = current_settings(json.loads((self.root / "store.json").read_text()))
         self.table = pd.read_csv(self.root / "faces.csv", dtype={"ids": str, "split": str, "video": str},
                                  keep_default_na=False)
         self.videos = pd.read_csv(self.root / "videos.csv", dtype={"ids": str, "split": str, "video": str},

@@ -269,22 +269,6 @@ def synthesize_fakes(faces: np.ndarray, keypoints: np.ndarray, groups: Sequence[
     return fakes, records
 
 
-def real_sources(folder: Path) -> list:
-    """Every video and photo under ``folder`` as a real-class item, its own identity group."""
-    from unmask.datasets import REAL, VIDEO_SUFFIXES, Video, identity_token
-    from unmask.errors import UnmaskError
-    from unmask.prepare import IMAGE_SUFFIXES
-
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise UnmaskError(f"no such folder: {folder}")
-    paths = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES + IMAGE_SUFFIXES)
-    if not paths:
-        raise UnmaskError(f"no videos or photos found under {folder}")
-    return [Video(path=p, label=REAL, key=p.relative_to(folder).as_posix(), method="original",
-                  ids=identity_token(p.relative_to(folder).as_posix())) for p in paths]
-
-
 def synthesize_store(real: FaceStore, out: Path, kinds: Sequence[str] = KINDS, per_face: int = 1,
                      seed: int = 0) -> FaceStore:
     """A labelled training store: the real faces of ``real`` plus fakes made from them.

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from unmask.distributed import torch_world
+from unmask.util import torch_world
 from unmask.errors import UnmaskError
 from unmask.evaluate import choose_threshold, evaluate_scores, save_plots, write_report
 from unmask.models import check_fit_memory, create_model, per_face_inputs
@@ -55,11 +55,12 @@ def build_estimator(options: TrainOptions):
 
 
 def fit_estimator(estimator, store: FaceStore, rows: np.ndarray):
-    """Fit on the given table positions, handing groups/keypoints/motion to estimators that take them."""
+    """Fit on the given table positions, handing groups/keypoints/motion/methods to estimators that take them."""
     table = store.table.iloc[rows]
     extra = per_face_inputs(estimator.fit, {"groups": lambda: identity_groups(table["ids"]),
                                             "keypoints": lambda: store.keypoints(rows),
-                                            "motion": lambda: store.motion(rows)})
+                                            "motion": lambda: store.motion(rows),
+                                            "methods": lambda: table["method"].astype(str).to_numpy()})
     return estimator.fit(_faces(store, rows), table["label"].to_numpy(), **extra)
 
 
@@ -197,7 +198,8 @@ def _card(estimator, store, options, fit_rows, test_rows, calibration, threshold
         "estimator": {"name": options.model, "params": _plain_params(estimator)},
         "features": options.features or features,
         "input": {"size": store.crop_size, "margin": store.margin, "colour": "RGB", "dtype": "uint8",
-                  "min_confidence": store.settings["faces"]["min_confidence"], **preprocessing},
+                  "min_confidence": store.settings["faces"]["min_confidence"],
+                  "detector": store.settings["faces"], **preprocessing},
         "threshold": threshold,
         "calibration": calibration,
         "aggregate": options.aggregate,

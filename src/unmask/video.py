@@ -9,7 +9,8 @@ FF++ videos have long keyframe intervals, so 7 frames at a step of 30 decode str
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable
+import itertools
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,19 +116,47 @@ def _first_frame(container, stream, path: Path) -> av.VideoFrame:
     raise VideoError(f"{path}: no video frames could be decoded")
 
 
-def read_frames(path: Path, indices: list[int] | Callable[[int], list[int]],
-                threads: int = 0) -> tuple[VideoInfo, list[tuple[int, np.ndarray]]]:
-    """Decode the frames at ``indices`` (presentation order) as RGB uint8, upright.
+def fitted_size(width: int, height: int, max_side: int | None) -> tuple[int, int]:
+    """(width, height) scaled down, keeping the aspect ratio, so the longer side is at most
+    ``max_side`` (even sides, as video codecs want); unchanged when it already fits or ``max_side`` is None."""
+    longest = max(width, height)
+    if not max_side or longest <= max_side:
+        return width, height
+    scale = max_side / longest
+    return max(2, int(round(width * scale / 2)) * 2), max(2, int(round(height * scale / 2)) * 2)
 
-    ``indices`` may be a function of the frame count (e.g. evenly spread frames), so the
-    file is demuxed once. Indices past the end are dropped; a truncated file yields the
-    frames it still has.
-    ``threads`` = 0 lets FFmpeg choose. Returns the video's info and (index, image) pairs.
+
+@dataclass
+class FrameStream:
+    """Frames decoded one by one, in index order: a caller that drops each frame after use holds
+    only a few at a time, whatever the video's resolution or length. ``missing`` lists the wanted
+    frames that could not be decoded (corrupt stretches, a truncated end), filled as it goes."""
+
+    info: VideoInfo
+    wanted: list[int]
+    scale: float
+    """Returned frame side / the video's own (1.0 unless ``max_side`` shrank it)."""
+    frames: Iterator[tuple[int, np.ndarray]]
+    missing: list[int]
+
+
+def stream_frames(path: Path, indices: list[int] | Callable[[int], list[int]], threads: int = 0,
+                  max_side: int | None = None) -> FrameStream:
+    """Decode the frames at ``indices`` (presentation order) as RGB uint8, upright, lazily.
+
+    ``indices`` may be a function of the frame count (e.g. evenly spread frames), so the file is
+    demuxed once. Indices past the end are dropped. Frames whose longer side exceeds ``max_side``
+    are scaled down by FFmpeg as they are converted (area averaging), so a full-size RGB copy of a
+    4K or 8K frame never exists. ``threads`` = 0 lets FFmpeg choose. Raises VideoError when not a
+    single wanted frame decodes.
     """
     container = _open(path)
     try:
         stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
+        # Frame threading keeps a frame in flight per thread: at 8K that is 600 MB of decoder
+        # memory against 400 MB with slice threading, so frames larger than the bound use slices.
+        large = bool(max_side) and max(stream.codec_context.width, stream.codec_context.height) > max_side
+        stream.thread_type = "SLICE" if large else "AUTO"
         stream.thread_count = threads
         index = _index(container, stream)
         if not index.pts:
@@ -136,41 +165,69 @@ def read_frames(path: Path, indices: list[int] | Callable[[int], list[int]],
             indices = indices(len(index.pts))
         wanted = sorted({i for i in indices if 0 <= i < len(index.pts)})
         fps = float(stream.average_rate or stream.guessed_rate or 0)
-        frames = _decode_wanted(container, stream, index, wanted, path)
-        if not frames:
-            raise VideoError(f"{path}: no video frames could be decoded (corrupt)")
-        rotation = _rotation(frames[0][1])
-        images = [(i, _upright(f.to_ndarray(format="rgb24"), _rotation(f))) for i, f in frames]
-        height, width = images[0][1].shape[:2]
-        return VideoInfo(len(index.pts), fps, width, height, rotation), images
-    finally:
+        missing: list[int] = []
+        decoded = _decode_wanted(container, stream, index, wanted, missing)
+        first = next(decoded, None)
+    except BaseException:
         container.close()
+        raise
+    if first is None:
+        container.close()
+        raise VideoError(f"{path}: no video frames could be decoded (corrupt)")
+    rotation = _rotation(first[1])
+    stored_w, stored_h = first[1].width, first[1].height
+    out_w, out_h = fitted_size(stored_w, stored_h, max_side)
+    width, height = (stored_w, stored_h) if rotation % 180 == 0 else (stored_h, stored_w)
+
+    def convert() -> Iterator[tuple[int, np.ndarray]]:
+        try:
+            for i, frame in itertools.chain([first], decoded):
+                size = {} if (out_w, out_h) == (frame.width, frame.height) else \
+                    {"width": out_w, "height": out_h, "interpolation": "AREA"}
+                yield i, _upright(frame.to_ndarray(format="rgb24", **size), _rotation(frame))
+        finally:
+            container.close()
+
+    return FrameStream(VideoInfo(len(index.pts), fps, width, height, rotation), wanted, out_w / stored_w,
+                       convert(), missing)
 
 
-def _decode_wanted(container, stream, index: _Index, wanted: list[int], path: Path):
-    """Decode forward, seeking to a keyframe only when it lies beyond the current position."""
+def read_frames(path: Path, indices: list[int] | Callable[[int], list[int]], threads: int = 0,
+                max_side: int | None = None) -> tuple[VideoInfo, list[tuple[int, np.ndarray]]]:
+    """``stream_frames`` read whole: the video's info and its (index, image) pairs. A truncated
+    or partly corrupt file yields the frames it still has."""
+    frames = stream_frames(path, indices, threads, max_side)
+    return frames.info, list(frames.frames)
+
+
+def _decode_wanted(container, stream, index: _Index, wanted: list[int], missing: list[int]):
+    """Decode forward, seeking to a keyframe only when it lies beyond the current position.
+
+    Corrupt data costs only the frames it covers: the frame being sought is recorded in
+    ``missing`` and decoding starts again from the keyframe of the next wanted frame."""
     frame_of_pts = {p: i for i, p in enumerate(index.pts)}
-    found: list[tuple[int, av.VideoFrame]] = []
     position = None  # index of the last decoded frame, None before the first seek
     decoder = None
-    for target in wanted:
+    for number, target in enumerate(wanted):
         key = index.keyframes[bisect.bisect_right(index.keyframes, target) - 1] if index.keyframes else 0
-        if position is None or key > position + 1 or target <= position:
+        if decoder is None or position is None or key > position + 1 or target <= position:
             container.seek(index.pts[key], stream=stream, backward=True)
             decoder = container.decode(stream)
         try:
             for frame in decoder:
                 position = frame_of_pts.get(frame.pts, position + 1 if position is not None else 0)
                 if position == target:
-                    found.append((target, frame))
+                    yield target, frame
                     break
                 if position > target:
+                    missing.append(target)
                     break
-            else:
-                return found  # the stream ended early (truncated)
+            else:  # the stream ended early (truncated): the rest is missing too
+                missing.extend(wanted[number:])
+                return
         except av.error.FFmpegError:
-            return found  # corrupt data from here on: keep what decoded cleanly
-    return found
+            missing.append(target)
+            decoder = None  # start again at the next wanted frame's keyframe
 
 
 def write_video(path: Path, frames, fps: int = 25, codec: str = "libx264", rotation: int = 0,

@@ -10,7 +10,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from unmask.datasets import LABEL_NAMES  # noqa: E402
-from unmask.store import FaceStore, atomic_path  # noqa: E402
+from unmask.store import FaceStore  # noqa: E402
+from unmask.util import atomic_path  # noqa: E402
 
 
 def contact_sheet(store: FaceStore, path: Path, videos_per_class: int = 4, seed: int = 0) -> Path | None:

@@ -11,7 +11,8 @@ import torch
 skimage_data = pytest.importorskip("skimage.data")
 
 from unmask.errors import UnmaskError  # noqa: E402
-from unmask.faces.mtcnn import MTCNN, Detection, _Integral, _integral_cv2, _integral_torch  # noqa: E402
+from unmask.faces.detectors import Detection  # noqa: E402
+from unmask.faces.mtcnn import MTCNN, _Integral, _integral_cv2, _integral_torch  # noqa: E402
 
 REFERENCE = json.loads((Path(__file__).parent / "fixtures" / "mtcnn_reference.json").read_text())
 

@@ -18,7 +18,7 @@ from unmask.errors import UnmaskError
 from unmask.models import create_model
 from unmask.models.fusion import MotionFusion
 from unmask.models.io import load_model, save_model
-from unmask.motion import MOTION_FEATURES
+from unmask.faces.motion import MOTION_FEATURES
 from unmask.video import write_video
 
 from conftest import face_frames

@@ -37,3 +37,10 @@ def keypoints_in_crop(keypoints: np.ndarray, box: Sequence[float], image_shape: 
     left, top, right, bottom = crop_box(box, image_shape, margin)
     scale = np.array([size / (right - left), size / (bottom - top)], dtype=np.float32)
     return ((np.asarray(keypoints, dtype=np.float32) - [left, top]) * scale).astype(np.float32)
+
+
+def resize_square(face: np.ndarray, size: int) -> np.ndarray:
+    """``face`` at ``size`` x ``size`` by area interpolation, as the CNN models take their crops (as is when it already is)."""
+    if face.shape[0] == size and face.shape[1] == size:
+        return face
+    return cv2.resize(face, (size, size), interpolation=cv2.INTER_AREA)

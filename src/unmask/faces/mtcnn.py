@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import importlib.resources
 from collections.abc import Sequence
-from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -22,20 +22,10 @@ from safetensors.torch import load_file
 from torch import nn
 
 from unmask.errors import UnmaskError
+from unmask.faces.detectors import Detection
+from unmask.faces.mtcnn_onnx import NETS, OUTPUTS, check_images, check_settings, detections, pyramid_scales
 
-__all__ = ["MTCNN", "Detection", "PNet", "RNet", "ONet"]
-
-
-@dataclass(frozen=True)
-class Detection:
-    """One face found in one image."""
-
-    box: tuple[float, float, float, float]
-    """x1, y1, x2, y2 in pixels of the input image."""
-    confidence: float
-    """O-Net face probability."""
-    keypoints: np.ndarray
-    """(5, 2) float32 (x, y): left eye, right eye, nose, mouth left, mouth right."""
+__all__ = ["MTCNN", "PNet", "RNet", "ONet", "export_onnx"]
 
 
 class PNet(nn.Module):
@@ -278,36 +268,20 @@ class MTCNN:
 
     def __init__(self, min_face_size: int = 20, thresholds=(0.6, 0.7, 0.7), scale_factor: float = 0.709,
                  device: str = "cpu") -> None:
-        if min_face_size < 1:
-            raise UnmaskError(f"min_face_size must be a positive number of pixels, got {min_face_size}")
-        if not 0.0 < scale_factor < 1.0:
-            raise UnmaskError(f"scale_factor must lie strictly between 0 and 1, got {scale_factor}")
-        if len(thresholds) != 3:
-            raise UnmaskError(f"thresholds must hold three probabilities (P-, R-, O-Net), got {thresholds!r}")
+        check_settings(min_face_size, thresholds, scale_factor)
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise UnmaskError(f"device {device!r} asked for, but no CUDA GPU is available")
         self.min_face_size = min_face_size
         self.thresholds = tuple(float(t) for t in thresholds)
         self.scale_factor = scale_factor
-        state = load_file(str(importlib.resources.files("unmask.faces") / "weights" / "mtcnn.safetensors"))
-        self.pnet, self.rnet, self.onet = PNet(), RNet(), ONet()
-        for name in ("pnet", "rnet", "onet"):
-            net = getattr(self, name)
-            net.load_state_dict({k.removeprefix(f"{name}."): v for k, v in state.items() if k.startswith(f"{name}.")})
+        self.pnet, self.rnet, self.onet = _load_nets()
+        for net in (self.pnet, self.rnet, self.onet):
             # Channels-last makes oneDNN's convolutions 2-3x faster on CPU.
-            net.to(self.device, memory_format=torch.channels_last).eval()
+            net.to(self.device, memory_format=torch.channels_last)
 
     def _scales(self, h: int, w: int) -> list[float]:
-        """Pyramid scales: the smallest face maps to P-Net's 12 px window, down to a 12 px image."""
-        scale = 12.0 / self.min_face_size
-        side = min(h, w) * scale
-        scales = []
-        while side >= 12:
-            scales.append(scale)
-            scale *= self.scale_factor
-            side *= self.scale_factor
-        return scales
+        return pyramid_scales(h, w, self.min_face_size, self.scale_factor)
 
     def _propose(self, integral: _Integral, image_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Stage 1 for a batch of same-size images: P-Net over the pyramid, NMS 0.5 per scale.
@@ -358,11 +332,7 @@ class MTCNN:
     @torch.inference_mode()
     def detect(self, images: Sequence[np.ndarray]) -> list[list[Detection]]:
         """RGB uint8 HxWx3 images (sizes may differ); one list per image, sorted by confidence, highest first."""
-        for i, image in enumerate(images):
-            if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3
-                    and image.shape[2] == 3):
-                raise UnmaskError(f"image {i}: expected an RGB uint8 array of shape (H, W, 3), got "
-                                  f"{getattr(image, 'dtype', type(image).__name__)} {getattr(image, 'shape', '')}")
+        check_images(images)
         if not images:
             return []
         by_size: dict[tuple[int, int], list[int]] = {}
@@ -415,12 +385,29 @@ class MTCNN:
             keep = _nms(boxes, prob, ids, 0.7, min_mode=True)
             boxes, ids, points, prob = boxes[keep], ids[keep], points[keep], prob[keep]
 
-        boxes_np = boxes.cpu().numpy().astype(np.float64)
-        points_np = points.cpu().numpy().astype(np.float32)
-        prob_np = prob.cpu().numpy().astype(np.float64)
-        ids_np = ids.cpu().numpy()
-        results: list[list[Detection]] = [[] for _ in images]
-        for k in np.argsort(-prob_np, kind="stable"):
-            results[ids_np[k]].append(Detection(box=tuple(boxes_np[k].tolist()), confidence=float(prob_np[k]),
-                                                keypoints=points_np[k].copy()))
-        return results
+        return detections(len(images), boxes.cpu().numpy().astype(np.float64),
+                          points.cpu().numpy().astype(np.float32), prob.cpu().numpy().astype(np.float64),
+                          ids.cpu().numpy())
+
+
+def _load_nets() -> tuple[PNet, RNet, ONet]:
+    """The three nets with the shipped weights, in eval mode on the CPU."""
+    state = load_file(str(importlib.resources.files("unmask.faces") / "weights" / "mtcnn.safetensors"))
+    nets = PNet(), RNet(), ONet()
+    for name, net in zip(NETS, nets):
+        net.load_state_dict({k.removeprefix(f"{name}."): v for k, v in state.items() if k.startswith(f"{name}.")})
+        net.eval()
+    return nets
+
+
+def export_onnx(out_dir: Path) -> list[Path]:
+    """Write the three nets as ``pnet.onnx``, ``rnet.onnx``, ``onet.onnx`` for ``unmask.faces.mtcnn_onnx``:
+    P-Net takes any batch and image size, R-Net and O-Net any batch of 24 and 48 px crops."""
+    from unmask.onnxnet import export
+
+    written = []
+    for name, net, shape in zip(NETS, _load_nets(), [(1, 3, 30, 40), (2, 3, 24, 24), (2, 3, 48, 48)]):
+        batch = {0: "n", 2: "h", 3: "w"} if name == "pnet" else {0: "n"}
+        written.append(export(net, (torch.zeros(shape),), Path(out_dir) / f"{name}.onnx", ["x"], OUTPUTS[name],
+                              {"x": batch, **{output: {0: "n"} for output in OUTPUTS[name]}}))
+    return written

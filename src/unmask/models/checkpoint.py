@@ -7,7 +7,6 @@ Why: resuming reads a file that another process wrote, and we never unpickle suc
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from unmask.errors import UnmaskError
+from unmask.util import atomic_path
 
 META_KEY = "unmask-checkpoint"
 SEPARATOR = "/"
@@ -25,10 +25,8 @@ def save_checkpoint(path: Path, tensors: dict[str, dict[str, torch.Tensor]], sta
     """Write groups of named tensors (``{"model": state_dict, ...}``) and a JSON-able ``state``."""
     flat = {f"{group}{SEPARATOR}{name}": tensor.detach().to("cpu").contiguous()
             for group, named in tensors.items() for name, tensor in named.items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file(flat, str(temporary), metadata={META_KEY: json.dumps(state)})
-    os.replace(temporary, path)
+    with atomic_path(path) as temporary:
+        save_file(flat, str(temporary), metadata={META_KEY: json.dumps(state)})
 
 
 def load_checkpoint(path: Path) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:

@@ -1,7 +1,7 @@
 """A CNN's look at each face and the motion around it, weighed by one logistic regression.
 
 Why: the released MesoNets judge a single frame's texture; the motion residual features
-(``unmask.motion``) see what frame-by-frame face synthesis does over time. In identity-grouped
+(``unmask.faces.motion``) see what frame-by-frame face synthesis does over time. In identity-grouped
 cross-validation on the FF++ sample the two together scored above the CNNs alone, and at frame
 level above the motion features alone (``benchmarks/bench_cnn.py``); with Meso-4 alone as the
 CNN as well as with both MesoNets, at less than half the cost. The weighing is a logistic
@@ -25,7 +25,7 @@ from unmask.errors import UnmaskError
 from unmask.models import MODELS
 from unmask.models.cnn import LogitClassifierMixin, images_only
 from unmask.models.ensemble import LogitEnsemble
-from unmask.motion import MOTION_FEATURES
+from unmask.faces.motion import MOTION_FEATURES
 
 
 class StandardisedLinear(nn.Module):

@@ -17,8 +17,8 @@ import numpy as np
 from unmask import __version__
 from unmask.errors import UnmaskError
 from unmask.models import per_face_inputs
-from unmask.motion import MOTION_FEATURES
-from unmask.store import atomic_path, write_json
+from unmask.faces.motion import MOTION_FEATURES
+from unmask.util import atomic_path, write_json
 
 FORMAT = "unmask-model"
 FORMAT_VERSION = 1
@@ -74,7 +74,7 @@ class LoadedModel:
 
     @property
     def needs_motion(self) -> bool:
-        """Whether the model also judges motion residual features (``unmask.motion``)."""
+        """Whether the model also judges motion residual features (``unmask.faces.motion``)."""
         return "motion" in self.input.get("needs", ())
 
     def fake_probability(self, faces: np.ndarray, motion: np.ndarray | None = None) -> np.ndarray:

@@ -3,52 +3,91 @@
 One ``Checker`` (detector and model) is loaded per process and shared by a bounded pool of
 worker threads. Uploads are streamed to temporary files under our own names while their size
 is counted, so an oversized body is refused as soon as it passes the limit, never held in
-memory; the content is judged by decoding it, not by its name or declared type.
+memory; the content is judged by decoding it, not by its name or declared type. Uploads being
+received and checks waiting for the pool are bounded separately, and an upload may take only so
+long, so clients that stall cannot hold the server.
 """
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import os
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from email.message import Message
+from email.utils import collapse_rfc2231_value
 from importlib.resources import files
 from pathlib import Path
+from socket import socket
 
+import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Message as ASGIMessage
 
 from unmask import __version__
 from unmask.check import ERROR, Checker, CheckResult
+from unmask.config import ServeSettings
 from unmask.errors import UnmaskError
 from unmask.report import render_report
 
 MULTIPART_SLACK = 64 * 1024
 """Bytes a multipart body may carry beyond the file itself (boundaries, part headers)."""
+MAX_FILENAME = 255
+"""Longest file name accepted, in characters: more than any common file system allows."""
+FIELD = "video"
+"""The one form field the video is accepted in (as documented)."""
 PAGE_POLICY = ("default-src 'self'; img-src 'self' data: blob:; style-src 'self' 'unsafe-inline'; "
                "script-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 """The page runs only our own script; the report it shows (in a frame) only needs inline CSS and data: images."""
+DOCS_POLICY = ("default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; script-src 'self'; "
+               "object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
+"""Swagger UI, served from our own origin, sets inline styles and draws data: icons."""
+API_POLICY = "default-src 'none'; frame-ancestors 'none'"
+"""Everything else is data or an asset, never a page to run anything in."""
+DOCS_ASSETS = "/docs-assets"
+"""Where the Swagger UI files of the ``fastapi-offline`` package are served, so /docs works offline."""
 UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
-    "type": "object", "required": ["video"],
-    "properties": {"video": {"type": "string", "format": "binary", "description": "the video file"}}}}}}}
+    "type": "object", "required": [FIELD],
+    "properties": {FIELD: {"type": "string", "format": "binary", "description": "the video file"}}}}}}}
 """The form ``/docs`` shows: the body is parsed by hand (to stream it), so FastAPI cannot infer it."""
 
 
 class Rejected(Exception):
     """An upload we answer with a clear client error instead of a verdict."""
 
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
         super().__init__(message)
-        self.status = status
+        self.status, self.headers = status, headers
+
+    def response(self) -> JSONResponse:
+        return JSONResponse({"detail": str(self)}, status_code=self.status, headers=self.headers)
+
+
+def _part_names(disposition: bytes) -> tuple[str | None, str | None]:
+    """A part's field name and file name. RFC 5987's ``filename*`` wins over ``filename``
+    (RFC 6266); a plain name is read as the UTF-8 that browsers send."""
+    header = Message()
+    header["content-disposition"] = disposition.decode("latin-1")
+    names: dict[str, str] = {}
+    for key, value in header.get_params(header="content-disposition", failobj=[])[1:]:
+        if isinstance(value, tuple):  # the extended form: charset'language'percent-encoded
+            names[key + "*"] = collapse_rfc2231_value(value, errors="replace")
+        else:
+            names[key] = value.encode("latin-1").decode("utf-8", "replace")
+    filename = names.get("filename*", names.get("filename"))
+    return names.get("name*", names.get("name")), filename
 
 
 class _Upload:
-    """Streams the first file part of a multipart body into ``dest``, counting its bytes."""
+    """Streams the ``video`` part of a multipart body into ``dest``, counting its bytes."""
 
     def __init__(self, boundary: bytes, dest: Path, max_bytes: int):
         self.dest, self.max_bytes = dest, max_bytes
@@ -59,7 +98,8 @@ class _Upload:
         self.parser = MultipartParser(boundary, {
             "on_part_begin": self._part_begin, "on_header_field": self._header_field,
             "on_header_value": self._header_value, "on_headers_finished": self._headers_finished,
-            "on_part_data": self._part_data, "on_part_end": self._part_end})
+            "on_part_data": self._part_data, "on_part_end": self._part_end},
+            max_header_size=MULTIPART_SLACK)  # a long file name is refused as that, not as a broken body
 
     def _part_begin(self) -> None:
         self._headers = {}
@@ -71,10 +111,15 @@ class _Upload:
         self._headers[self._header] = self._headers.get(self._header, b"") + data[start:end]
 
     def _headers_finished(self) -> None:
-        _, options = parse_options_header(self._headers.get(b"content-disposition", b""))
-        if b"filename" in options and self.filename is None:
-            self.filename = _display_name(options[b"filename"].decode("utf-8", "replace"))
-            self._handle = self.dest.open("wb")
+        field, filename = _part_names(self._headers.get(b"content-disposition", b""))
+        if field != FIELD and filename is None:
+            return  # another form field: ignored (the body's size is still bounded)
+        if self.filename is not None:
+            raise Rejected(400, f"the upload has more than one file; send one video, in the field named '{FIELD}'")
+        if field != FIELD:
+            raise Rejected(422, f"the file came in a field named {field!r}; send the video in the field named '{FIELD}'")
+        self.filename = _display_name(filename or "upload")
+        self._handle = self.dest.open("wb")
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
         if self._handle is None:
@@ -99,34 +144,69 @@ def _mb(size: float) -> str:
 
 def _display_name(filename: str) -> str:
     """The client's file name, only ever shown (escaped), never used as a path."""
-    name = filename.replace("\\", "/").rsplit("/", 1)[-1]
-    return "".join(c for c in name if c.isprintable())[:200] or "upload"
+    name = "".join(c for c in filename.replace("\\", "/").rsplit("/", 1)[-1] if c.isprintable())
+    if len(name) > MAX_FILENAME:
+        raise Rejected(400, f"the file name is {len(name)} characters long; at most {MAX_FILENAME} are accepted")
+    return name or "upload"
+
+
+def _busy(message: str) -> Rejected:
+    return Rejected(503, message, {"Retry-After": "60"})
 
 
 class _Service:
     """The shared checker, its worker pool, and the upload rules."""
 
-    def __init__(self, checker: Checker, max_bytes: int, workers: int, upload_dir: Path | None, max_pending: int):
-        self.checker, self.max_bytes, self.upload_dir = checker, max_bytes, upload_dir
-        self.pool = ThreadPoolExecutor(workers, thread_name_prefix="unmask-check")
-        self.workers, self.max_pending = workers, max_pending
-        self.pending = 0
+    def __init__(self, checker: Checker, settings: ServeSettings):
+        self.checker, self.settings = checker, settings
+        self.pool = ThreadPoolExecutor(settings.concurrent_checks, thread_name_prefix="unmask-check")
+        self.uploads = 0
+        """Uploads being received."""
+        self.queued = 0
+        """Checks waiting for or running on the pool."""
+        self.stopping = False
+        self.in_flight: set[asyncio.Task] = set()
+
+    def stop(self) -> None:
+        """The server is shutting down: answer every request still in progress with 503 now."""
+        self.stopping = True
+        for work in self.in_flight:
+            work.cancel()
+
+    async def _body(self, request: Request) -> AsyncIterator[bytes]:
+        """The request body, piece by piece; 408 when the client stalls or takes too long in all."""
+        settings, loop = self.settings, asyncio.get_running_loop()
+        deadline = loop.time() + settings.upload_timeout_s
+        while True:
+            wait = min(settings.stall_timeout_s, deadline - loop.time())
+            try:
+                message = await asyncio.wait_for(request.receive(), max(wait, 0))
+            except TimeoutError:
+                took = (f"took longer than this server's limit of {settings.upload_timeout_s:g} s"
+                        if wait < settings.stall_timeout_s else f"stalled: nothing came for {settings.stall_timeout_s:g} s")
+                raise Rejected(408, f"the upload {took}", {"Connection": "close"}) from None
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnect()
+            yield message.get("body", b"")
+            if not message.get("more_body", False):
+                return
 
     async def receive(self, request: Request, dest: Path) -> str:
         """Stream the upload into ``dest``; return the client's file name (for display)."""
         kind, options = parse_options_header(request.headers.get("content-type"))
         if kind != b"multipart/form-data" or not options.get(b"boundary"):
-            raise Rejected(415, "send the video as multipart/form-data, in a file field named 'video'")
+            raise Rejected(415, f"send the video as multipart/form-data, in a file field named '{FIELD}'")
+        max_bytes = self.settings.max_bytes
         declared = request.headers.get("content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes + MULTIPART_SLACK):
-            raise Rejected(413, f"the video is larger than this server's limit of {_mb(self.max_bytes)}")
-        upload = _Upload(options[b"boundary"], dest, self.max_bytes)
+        if declared is not None and (not declared.isdigit() or int(declared) > max_bytes + MULTIPART_SLACK):
+            raise Rejected(413, f"the video is larger than this server's limit of {_mb(max_bytes)}")
+        upload = _Upload(options[b"boundary"], dest, max_bytes)
         received = 0
         try:
-            async for chunk in request.stream():
+            async for chunk in self._body(request):
                 received += len(chunk)
-                if received > self.max_bytes + MULTIPART_SLACK:
-                    raise Rejected(413, f"the video is larger than this server's limit of {_mb(self.max_bytes)}")
+                if received > max_bytes + MULTIPART_SLACK:
+                    raise Rejected(413, f"the video is larger than this server's limit of {_mb(max_bytes)}")
                 upload.parser.write(chunk)
             upload.parser.finalize()
         except MultipartParseError:
@@ -134,34 +214,59 @@ class _Service:
         finally:
             upload.close()
         if upload.filename is None:
-            raise Rejected(422, "no file in the upload: send the video in a file field named 'video'")
+            raise Rejected(422, f"no file in the upload: send the video in a file field named '{FIELD}'")
         return upload.filename
 
     def _check(self, path: Path, name: str, report: bool) -> tuple[CheckResult, str | None]:
-        result = self.checker.check(path, name=name)
-        return result, render_report(result, self.checker) if report and result.verdict != ERROR else None
+        try:
+            result = self.checker.check(path, name=name)
+            return result, render_report(result, self.checker) if report and result.verdict != ERROR else None
+        finally:
+            _return_free_memory()
 
     async def check(self, request: Request, report: bool) -> Response:
-        if self.pending >= self.max_pending:
-            return JSONResponse({"detail": "the server is busy checking other videos; try again in a minute"},
-                                status_code=503, headers={"Retry-After": "60"})
-        self.pending += 1
-        fd, name = tempfile.mkstemp(prefix="unmask-upload-", suffix=".video", dir=self.upload_dir)
+        """Answer one upload; when the server starts shutting down meanwhile, 503 at once."""
+        if self.stopping:
+            return _shutting_down()
+        work = asyncio.ensure_future(self._answer(request, report))
+        self.in_flight.add(work)
+        try:
+            await asyncio.wait((work,))
+        finally:
+            self.in_flight.discard(work)
+            work.cancel()  # nothing when it is done; else this request was given up on
+        return _shutting_down() if work.cancelled() else work.result()
+
+    async def _answer(self, request: Request, report: bool) -> Response:
+        settings = self.settings
+        if self.uploads >= settings.max_uploads:
+            return _busy("the server is receiving too many other videos; try again in a minute").response()
+        if self.queued >= settings.max_queued:
+            return _busy("the server is busy checking other videos; try again in a minute").response()
+        fd, name = tempfile.mkstemp(prefix="unmask-upload-", suffix=".video", dir=settings.upload_dir)
         os.close(fd)
         path = Path(name)
         try:
-            filename = await self.receive(request, path)
-            result, html = await asyncio.wrap_future(self.pool.submit(self._check, path, filename, report))
+            self.uploads += 1
+            try:
+                filename = await self.receive(request, path)
+            finally:
+                self.uploads -= 1
+            if self.queued >= settings.max_queued:
+                raise _busy("the server is busy checking other videos; try again in a minute")
+            self.queued += 1
+            try:
+                result, html = await asyncio.wrap_future(self.pool.submit(self._check, path, filename, report))
+            finally:
+                self.queued -= 1
         except Rejected as rejected:
-            return JSONResponse({"detail": str(rejected)}, status_code=rejected.status)
+            return rejected.response()
         except ClientDisconnect:
             return Response(status_code=400)  # nobody is left to read it
         finally:
-            self.pending -= 1
             path.unlink(missing_ok=True)
         if result.verdict == ERROR:
-            return JSONResponse({"detail": f"{filename}: {result.error}",
-                                 "verdict": ERROR}, status_code=422)
+            return JSONResponse({"detail": f"{filename}: {result.error}", "verdict": ERROR}, status_code=422)
         record = result.to_json()
         record["model"].pop("path", None)  # where the server keeps its files is none of the client's business
         if html is not None:
@@ -169,43 +274,105 @@ class _Service:
         return JSONResponse(record)
 
 
-def create_app(model: Checker | Path | str | None = None, max_upload_mb: float = 200, workers: int = 2,
-               upload_dir: Path | None = None, max_pending: int = 32) -> FastAPI:
+def _return_free_memory() -> None:
+    """Hand memory freed by a check back to the system (glibc keeps freed frames for reuse
+    otherwise: after two 4K uploads the server kept 4.9 GB). A no-op where there is no glibc."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _shutting_down() -> JSONResponse:
+    return JSONResponse({"detail": "the server is shutting down; try again in a minute"}, status_code=503,
+                        headers={"Retry-After": "60", "Connection": "close"})
+
+
+def security_headers(path: str) -> dict[str, str]:
+    """The headers every response carries: no content sniffing, a policy that fits what the path
+    serves, and no caching of results (they describe someone's video)."""
+    policy = PAGE_POLICY if path == "/" else DOCS_POLICY if path == "/docs" else API_POLICY
+    headers = {"X-Content-Type-Options": "nosniff", "Content-Security-Policy": policy,
+               "Referrer-Policy": "no-referrer"}
+    if path.startswith("/api/"):
+        headers["Cache-Control"] = "no-store"
+    return headers
+
+
+class _SecurityHeaders:
+    """ASGI middleware adding ``security_headers`` to every response (a plain ASGI wrapper, so
+    the upload's body stream passes through untouched)."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        extra = [(k.lower().encode(), v.encode()) for k, v in security_headers(scope["path"]).items()]
+
+        async def send_with_headers(message: ASGIMessage) -> None:
+            if message["type"] == "http.response.start":
+                present = {name.lower() for name, _ in message.get("headers", [])}
+                message["headers"] = [*message.get("headers", []), *(h for h in extra if h[0] not in present)]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+class Server(uvicorn.Server):
+    """uvicorn that tells the app when shutdown begins, so requests in progress are answered
+    503 at once instead of cut off (a plain 500) when the grace period ends."""
+
+    def __init__(self, app: FastAPI, **config):
+        super().__init__(uvicorn.Config(app, **({"log_level": "info", "timeout_graceful_shutdown": 2} | config)))
+        self.stop_app: Callable[[], None] = app.state.stop
+
+    async def shutdown(self, sockets: list[socket] | None = None) -> None:
+        self.stop_app()
+        await super().shutdown(sockets)
+
+
+def create_app(model: Checker | Path | str | None = None, settings: ServeSettings | None = None) -> FastAPI:
     """The FastAPI app: ``model`` is a ready ``Checker`` to share, or a model folder to load
-    (None: the packaged default). ``upload_dir``: where uploads wait while checked (default:
-    the system's temporary folder). ``max_pending``: requests in progress (uploading, queued or
-    being checked) beyond which new ones get 503 instead of waiting."""
-    if max_upload_mb <= 0:
-        raise UnmaskError(f"the upload limit must be positive, got {max_upload_mb} MB")
-    if workers < 1 or max_pending < 1:
-        raise UnmaskError("workers and max_pending must be at least 1")
-    if upload_dir is not None and not Path(upload_dir).is_dir():
-        raise UnmaskError(f"upload folder {upload_dir} does not exist")
+    (None: the packaged default); ``settings``: its limits."""
+    settings = settings or ServeSettings()
     checker = model if isinstance(model, Checker) else Checker(None if model is None else Path(model))
-    service = _Service(checker, int(max_upload_mb * 1_000_000), workers, upload_dir, max_pending)
+    service = _Service(checker, settings)
     web = files("unmask.web")
     page = (web / "templates" / "index.html").read_text(encoding="utf-8")
-    page = page.replace("{{max_upload_mb}}", f"{max_upload_mb:g}").replace("{{version}}", __version__)
+    page = page.replace("{{max_upload_mb}}", f"{settings.max_upload_mb:g}").replace("{{version}}", __version__)
+    docs = (web / "templates" / "docs.html").read_text(encoding="utf-8").replace("{{assets}}", DOCS_ASSETS)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
         service.pool.shutdown(wait=False, cancel_futures=True)
 
-    app = FastAPI(title="unmask", version=__version__, lifespan=lifespan,
+    app = FastAPI(title="unmask", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Tell whether a video of a face is real or a deepfake. Upload a video to "
                               "`/api/check`; the page at `/` does the same in a browser.")
+    app.state.stop = service.stop
+    app.state.service = service
+    app.add_middleware(_SecurityHeaders)
     app.mount("/static", StaticFiles(directory=str(web / "static")), name="static")
+    app.mount(DOCS_ASSETS, StaticFiles(packages=[("fastapi_offline", "static")]), name="docs-assets")
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:
         # Starlette re-raises after this answer, so the server logs the traceback; the client sees none.
+        # This answer leaves from outside the middleware, so it carries the headers itself.
         return JSONResponse({"detail": "internal error: the server could not answer this request "
-                                       "(the details are in its log)"}, status_code=500)
+                                       "(the details are in its log)"}, status_code=500,
+                            headers=security_headers(request.url.path))
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index() -> HTMLResponse:
-        return HTMLResponse(page, headers={"Content-Security-Policy": PAGE_POLICY, "X-Content-Type-Options": "nosniff"})
+        return HTMLResponse(page)
+
+    @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
+    async def api_docs() -> HTMLResponse:
+        return HTMLResponse(docs)
 
     @app.get("/api/health", summary="Is the server up, and with which model")
     async def health() -> dict:
@@ -213,14 +380,16 @@ def create_app(model: Checker | Path | str | None = None, max_upload_mb: float =
         return {"status": "ok", "unmask": __version__,
                 "model": {"name": checker.model.name, "kind": card.get("kind"), "estimator": card["estimator"]["name"],
                           "threshold": checker.model.threshold, "aggregate": checker.aggregate},
-                "max_upload_mb": max_upload_mb, "workers": workers}
+                "max_upload_mb": settings.max_upload_mb, "workers": settings.workers}
 
     @app.post("/api/check", summary="Check one video", openapi_extra=UPLOAD_BODY, responses={
         200: {"description": "the verdict record: verdict, fake_probability, certainty, faces, tracks, model"},
+        400: {"description": "a malformed body, more than one file, or a file name over 255 characters"},
+        408: {"description": "the upload stalled or took too long"},
         413: {"description": "the video is over the size limit"},
         415: {"description": "the body is not multipart/form-data"},
-        422: {"description": "no file, or the file is not a readable video"},
-        503: {"description": "too many requests in progress; retry later"}})
+        422: {"description": "no file in the field `video`, or the file is not a readable video"},
+        503: {"description": "too many uploads or checks in progress, or the server is shutting down; retry later"}})
     async def check(request: Request, report: bool = False) -> Response:
         """Upload a video (multipart/form-data, file field `video`); get its verdict record.
         With `report=true` the record also carries `report_html`, the self-contained HTML report."""

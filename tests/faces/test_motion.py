@@ -16,7 +16,7 @@ from unmask.config import MOTION_ON, MotionSampling
 from unmask.errors import UnmaskError
 from unmask.faces.crop import keypoints_in_crop
 from unmask.faces.mtcnn import MTCNN
-from unmask.motion import (
+from unmask.faces.motion import (
     MOTION_COLUMNS,
     MOTION_FEATURES,
     region_labels,

@@ -1,0 +1,55 @@
+"""The seam for face detectors: what every detector returns, and detectors by name.
+
+A detector takes a batch of RGB uint8 frames and returns, per frame, the faces it found. To
+add one: a settings dataclass and a field for it in ``unmask.config.FaceDetection``, a module
+in this package, and a builder registered here (``DETECTORS.register``) that imports it lazily,
+so that choosing a detector by name never costs the import of another.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from unmask.config import FaceDetection, resolve_device
+from unmask.registry import Registry
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One face found in one image."""
+
+    box: tuple[float, float, float, float]
+    """x1, y1, x2, y2 in pixels of the input image."""
+    confidence: float
+    """The detector's face probability."""
+    keypoints: np.ndarray
+    """(5, 2) float32 (x, y): left eye, right eye, nose, mouth left, mouth right."""
+
+
+class FaceDetector(Protocol):
+    def detect(self, images: Sequence[np.ndarray]) -> list[list[Detection]]:
+        """The faces of each (H, W, 3) RGB uint8 image, in the image's pixel coordinates."""
+
+
+DETECTORS: Registry[FaceDetector] = Registry("face detector")
+
+
+@DETECTORS.register("mtcnn", help="MTCNN (Zhang et al. 2016), the original weights, as the study used")
+def _mtcnn(settings: FaceDetection, device: str) -> FaceDetector:
+    from unmask.faces.mtcnn import MTCNN
+
+    return MTCNN(min_face_size=settings.mtcnn.min_face_size, thresholds=settings.mtcnn.thresholds, device=device)
+
+
+def create_detector(settings: FaceDetection, threads: int | None = None) -> FaceDetector:
+    """The detector ``settings`` name, on their device; ``threads`` caps torch's CPU threads
+    (one per worker process)."""
+    builder = DETECTORS.builder(settings.detector)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    return builder(settings, resolve_device(settings.device))

@@ -18,6 +18,7 @@ import numpy as np
 from common import REPO, SHARED_DATA, machine, markdown_table, require
 from unmask.config import preset
 from unmask.datasets import open_dataset
+from unmask.distributed import cluster_runner
 from unmask.evaluate import evaluate_scores
 from unmask.prepare import prepare_dataset
 from unmask.splits import split_indices
@@ -37,7 +38,7 @@ def seed_store(path: Path, data: Path, workers: int) -> FaceStore:
     """The benchmark's faces, prepared once and reused (prepare resumes)."""
     if not (path / "faces.csv").exists():
         scan = open_dataset(require(data), ["Deepfakes"], ["c23", "c40"])
-        prepare_dataset(scan, path, preset("seed"), workers=workers)
+        prepare_dataset(scan, path, preset("seed"), runner=cluster_runner(preset("seed"), workers=workers))
     return FaceStore(path)
 
 

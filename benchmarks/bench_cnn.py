@@ -26,15 +26,16 @@ from common import REPO, SHARED_DATA, machine, markdown_table, median, require
 from unmask.check import Checker
 from unmask.config import MOTION_ON, FaceDetection, FrameSampling, MotionSampling, PrepareConfig, preset
 from unmask.datasets import VIDEO_SUFFIXES, open_dataset, real_sources
+from unmask.distributed import cluster_runner
 from unmask.evaluate import evaluate_scores
 from unmask.models import per_face_inputs
-from unmask.faces.motion import motion_features_of_faces, neighbours, wanted_frames
+from unmask.models.io import save_model
+from unmask.faces.face_pass import FacePass
 from unmask.prepare import prepare_dataset
-from unmask.store import KEYPOINT_COLUMNS, FaceStore
+from unmask.store import FaceStore
 from unmask.synth import synthesize_store
 from unmask.splits import grouped_kfold
 from unmask.train import TrainOptions, build_estimator, cross_validate, fit_estimator, predict_fake
-from unmask.video import read_frames
 
 CACHE = REPO / "benchmarks" / ".cache"
 CNN_CROPS = PrepareConfig(faces=FaceDetection(margin=0.3, size=256), motion=MOTION_ON)
@@ -62,7 +63,8 @@ SEED = ("seed recipe: pixels + random forest", TrainOptions(model="rf", features
 def store_of(name: str, data: Path, methods, compressions, config: PrepareConfig) -> FaceStore:
     path = CACHE / name
     if not (path / "faces.csv").exists():
-        prepare_dataset(open_dataset(require(data), methods, compressions), path, config, workers=2)
+        prepare_dataset(open_dataset(require(data), methods, compressions), path, config,
+                        runner=cluster_runner(config, workers=2))
     return FaceStore(path)
 
 
@@ -102,22 +104,19 @@ def inference_rates(candidates: dict[str, tuple[TrainOptions, FaceStore]], repea
     return {name: median(values) for name, values in rates.items()}
 
 
-def motion_rate(store: FaceStore, faces: int = 32, repeats: int = 5) -> float:
-    """Faces/s of measuring the motion features (3 optical flows per face, one thread per core),
-    from frames already decoded: the extra work a motion model asks of ``unmask check``."""
-    settings = MotionSampling.from_record(store.settings["motion"])
-    jobs = []
-    for _, row in store.table.iloc[:faces].iterrows():
-        _, frames = read_frames(Path(row["path"]), wanted_frames([int(row["frame"])], settings))
-        keypoints = row[KEYPOINT_COLUMNS].to_numpy(np.float32).reshape(5, 2)
-        jobs.append((neighbours(int(row["frame"]), dict(frames), settings),
-                     row[["x1", "y1", "x2", "y2"]].to_numpy(float), keypoints))
-    times = []
+def motion_rate(store: FaceStore, videos: int = 8, repeats: int = 3) -> float:
+    """Faces/s of measuring the motion features (3 optical flows per face, one thread per core) in
+    the face pass, on the store's own frames of a few videos: the extra work a motion model asks
+    of ``unmask check``."""
+    faces = FacePass(FaceDetection.from_record(store.settings["faces"]),
+                     MotionSampling.from_record(store.settings["motion"]), keep="best")
+    frames = store.table.groupby("path")["frame"].apply(list).head(videos)
+    seconds, found = [], 0
     for _ in range(repeats):
-        started = time.perf_counter()
-        motion_features_of_faces(jobs, store.margin, settings)
-        times.append(time.perf_counter() - started)
-    return len(jobs) / median(times)
+        passes = [faces.run(Path(path), wanted) for path, wanted in frames.items()]
+        seconds.append(sum(p.motion_s for p in passes))
+        found = sum(len(p.faces) for p in passes)
+    return found / median(seconds)
 
 
 def cross_validation_table(data: Path, folds: int) -> None:
@@ -209,11 +208,11 @@ def generalisation_tables(data: Path) -> None:
     real_videos_elsewhere()
 
 
-def real_videos_elsewhere() -> None:
-    """The packaged default's verdicts, through ``Checker`` as ``unmask check`` gives them, on real
+def real_videos_elsewhere(model: Path | None = None) -> None:
+    """The packaged default's (or ``model``'s) verdicts, through ``Checker`` as ``unmask check`` gives them, on real
     talking-head videos from other sources than FF++: none of them trained or chose the model,
     so every FAKE is a false alarm measured outside the data the design was tuned on."""
-    checker = Checker()  # the packaged default, default settings
+    checker = Checker(model)  # None: the packaged default; default settings
     by_source: dict[str, list[float | None]] = {}  # None: no verdict (no face found, unreadable)
     for video in real_sources(require(SHARED_DATA / "real-faces")):
         if video.path.suffix.lower() in VIDEO_SUFFIXES:
@@ -236,7 +235,8 @@ def _real_faces_store() -> FaceStore:
         folder = require(SHARED_DATA / "real-faces")
         videos = [v for v in real_sources(folder) if not v.key.startswith("utkface")]
         still = PrepareConfig(faces=CNN_CROPS.faces)  # self-blends are stills: no motion to measure
-        prepare_dataset(DatasetScan(root=folder, layout="real", videos=videos), path, still, workers=2)
+        prepare_dataset(DatasetScan(root=folder, layout="real", videos=videos), path, still,
+                        runner=cluster_runner(still, workers=2))
     return FaceStore(path)
 
 
@@ -245,10 +245,11 @@ def _real_faces_store() -> FaceStore:
 METHODS = ("Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures")
 ALL_CROPS = PrepareConfig(frames=FrameSampling(step=18, max_frames=16), faces=CNN_CROPS.faces, motion=MOTION_ON)
 """16 frames a video (1 in 18, so all fit in the shortest c23 video), each with its motion features."""
-LITE0 = {"init": "imagenet", "epochs": 3, "lr": 3e-4, "batch_size": 32, "synth_ratio": 0.3, "patience": 2,
+LITE0 = {"init": "imagenet", "epochs": 2, "lr": 3e-4, "batch_size": 32, "synth_ratio": 0.3, "patience": 2,
          "trainable_blocks": 8}
-"""Fine-tuning EfficientNet-Lite0: its last 8 of 16 blocks (3x faster to train than all, measured), 3 epochs."""
-EXTRA_PHOTOS = 500
+"""Fine-tuning EfficientNet-Lite0: its last 8 of 16 blocks (3x faster to train than all, measured), 2 epochs
+(what 2 shared CPU cores allowed for every table in one session)."""
+EXTRA_PHOTOS = 300
 """Real photos (and as many swaps made from them) added to each training set, drawn per fold."""
 
 
@@ -266,8 +267,9 @@ def photo_stores() -> tuple[FaceStore, FaceStore]:
     if not (path / "faces.csv").exists():
         folder = require(SHARED_DATA / "real-faces")
         photos = [v for v in real_sources(folder) if v.key.startswith("utkface")]
-        prepare_dataset(DatasetScan(root=folder, layout="real", videos=photos), path,
-                        PrepareConfig(faces=CNN_CROPS.faces), workers=2)
+        config = PrepareConfig(faces=CNN_CROPS.faces)
+        prepare_dataset(DatasetScan(root=folder, layout="real", videos=photos), path, config,
+                        runner=cluster_runner(config, workers=2))
     photos = FaceStore(path)
     swaps = CACHE / "real-faces-photos-swap"
     return photos, (FaceStore(swaps) if (swaps / "faces.csv").exists()
@@ -402,10 +404,11 @@ def methods_cv_table(data: Path, folds: int, seeds: list[int]) -> None:
                                                                        zip(cells, videos)))
 
 
-def held_out_methods(data: Path, folds: int, seed: int = 1) -> None:
+def held_out_methods(data: Path, folds: int, seed: int = 1, only_folds: int | None = None) -> None:
     """Leave one method out (trained on the rest with self-blends and swaps, scored on it) and
     self-blended only (real faces and their self-blends, no deepfake or swap), by identity-grouped
-    k-fold: the test fold's originals and the held-out fakes are never trained on."""
+    k-fold: the test fold's originals and the held-out fakes are never trained on. ``only_folds``: train
+    and score only the first so many folds (the rest of the videos go unscored)."""
     store = all_methods_store(data)
     table = store.table
     _, swaps = photo_stores()
@@ -417,7 +420,7 @@ def held_out_methods(data: Path, folds: int, seed: int = 1) -> None:
         path, scores = _scores_cache(f"held-out-{run.replace(' ', '-')}-{folds}-{seed}")
         scores.setdefault("lite0", np.full(len(store), np.nan))
         for number, (train_rows, test_rows) in enumerate(grouped_kfold(table, folds, seed)):
-            if f"done{number}" in scores:
+            if f"done{number}" in scores or (only_folds is not None and number >= only_folds):
                 continue
             started = time.perf_counter()
             if left_out is None:
@@ -436,11 +439,45 @@ def held_out_methods(data: Path, folds: int, seed: int = 1) -> None:
             print(f"  {run} fold {number}: {scores[f'done{number}']:.0f} s", flush=True)
         results[run] = per_method_metrics(table, scores["lite0"], METHODS if left_out is None else (left_out,))
     print(f"EfficientNet-Lite0 ({LITE0['epochs']} epochs, last {LITE0['trainable_blocks']} blocks) scored on fakes "
-          f"of methods it never saw; identity-grouped {folds}-fold CV (seed {seed}), pooled out-of-fold AUC; "
+          f"of methods it never saw; identity-grouped {folds}-fold CV (seed {seed})"
+          + (f", only the first {only_folds} fold(s) trained and scored" if only_folds else "") + ", pooled AUC; "
           "each method's fakes against the originals of the same compression")
     rows = [[run, f"{m} {c}", f"{r['video']['roc_auc']:.3f}", f"{r['frame']['roc_auc']:.3f}", r["video"]["n"]]
             for run, cells in results.items() for (m, c), r in cells.items()]
     print(markdown_table(["trained on", "scored on", "video AUC", "frame AUC", "videos"], rows))
+
+
+FUSED = {"archs": ["efficientnet-lite0"], "member_params": LITE0, "cnn_weight": 1.0}
+"""The fused candidate as one model: fine-tuned Lite0's logit plus the motion regression's."""
+
+
+def build_fused(data: Path, out: Path, folds: int = 3, seed: int = 1) -> Path:
+    """Fit the fused candidate on every FF++ face plus photos and swaps, with the threshold chosen on
+    its out-of-fold video scores from ``methods_cv`` (identity-grouped; Youden's J, which weighs both
+    classes alike), and save it with a card holding the per-method figures."""
+    from unmask.evaluate import choose_threshold, video_scores
+    from unmask.train import _card
+
+    store = all_methods_store(data)
+    _, swaps = photo_stores()
+    oof = methods_cv(data, folds, [seed])["lite0+motion"][0]
+    _, scores, labels = video_scores(oof, store.table["video"], store.table["label"], "mean")
+    threshold = choose_threshold(labels, scores)
+    rows = np.arange(len(store))
+    faces, y, inputs = _training_arrays(store, rows, swaps, _draw_extra(swaps, seed))
+    motion = np.concatenate([store.motion(rows), np.full((len(y) - len(rows), store.motion(rows[:1]).shape[1]),
+                                                         np.nan, np.float32)])
+    options = TrainOptions(model="mesonet-motion", params=FUSED, seed=seed, split="cv", folds=folds,
+                           title="EfficientNet-Lite0 (ImageNet, fine-tuned on all FF++ methods + self-blended "
+                                 "and swapped fakes) + motion residual features: log-odds added")
+    estimator = build_estimator(options).fit(faces, y, motion=motion, **inputs)
+    card = _card(estimator, store, options, rows, np.array([], int), None, threshold, None, None, {})
+    card["per_method_cv"] = {f"{m} {c}": {"video_roc_auc": r["video"]["roc_auc"], "frame_roc_auc": r["frame"]["roc_auc"]}
+                             for (m, c), r in per_method_metrics(store.table, oof).items()}
+    card["threshold_from"] = (f"out-of-fold video scores, identity-grouped {folds}-fold CV (seed {seed}), Youden's J")
+    card["training"]["extra"] = f"{EXTRA_PHOTOS} real-faces photos + {EXTRA_PHOTOS} swaps made from photos"
+    save_model(estimator, out, card)
+    return out
 
 
 def main() -> None:
@@ -454,14 +491,19 @@ def main() -> None:
                         help="only: every method, per method and compression, candidates on the same folds")
     parser.add_argument("--seeds", type=lambda text: [int(s) for s in text.split(",")], default=[1],
                         help="fold assignments for --methods (default: 1)")
+    parser.add_argument("--build-fused", type=Path, metavar="DIR",
+                        help="only: fit the Lite0 + motion candidate on everything into DIR, then its false alarms")
+    parser.add_argument("--only-folds", type=int, metavar="N", help="--held-out: train and score only N folds")
     parser.add_argument("--held-out", action="store_true",
                         help="only: leave-one-method-out and self-blended-only, each method scored unseen")
     args = parser.parse_args()
     print(f"machine: {machine()}")
-    if args.methods:
+    if args.build_fused:
+        real_videos_elsewhere(build_fused(args.data, args.build_fused, args.folds))
+    elif args.methods:
         methods_cv_table(args.data, args.folds, args.seeds)
     elif args.held_out:
-        held_out_methods(args.data, args.folds)
+        held_out_methods(args.data, args.folds, only_folds=args.only_folds)
     elif args.repeat_cv:
         repeated_cv(args.data, args.folds, args.repeat_cv)
     elif args.generalisation:

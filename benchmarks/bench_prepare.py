@@ -19,6 +19,7 @@ import pandas as pd
 from common import SHARED_DATA, machine, markdown_table, median, peak_rss_mb, require
 from unmask.config import preset
 from unmask.datasets import open_dataset
+from unmask.distributed import cluster_runner
 from unmask.prepare import prepare_dataset
 from unmask.video import read_frames
 
@@ -54,7 +55,8 @@ def main() -> None:
         seconds, frames = decode_only(scan.videos, indices, args.workers)
         decode_times.append(seconds)
         with tempfile.TemporaryDirectory() as out:
-            summary = prepare_dataset(scan, Path(out) / "faces", config, workers=args.workers)
+            summary = prepare_dataset(scan, Path(out) / "faces", config,
+                                      runner=cluster_runner(config, workers=args.workers))
             prepare_times.append(summary.wall_s)
             splits.append(summary.videos[["decode_s", "detect_s", "store_s"]].sum())
             faces = int(summary.videos["faces"].sum())

@@ -117,3 +117,12 @@ def test_a_batch_goes_on_whatever_one_video_does(tmp_path, face_video, released_
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 4 and lines[1].endswith("ERROR - could not be checked (RuntimeError: something nobody foresaw)")
     assert lines[3].startswith("3 videos: ") and "1 ERROR" in lines[3]
+
+
+def test_check_many_keeps_the_order_with_the_next_video_decoding_ahead(checker, face_video, faceless_video,
+                                                                       broken_files):
+    paths = [face_video, broken_files["text"], faceless_video, face_video]
+    results = list(checker.check_many(paths, ahead=2))
+    assert [path for path, _ in results] == paths
+    assert [r.verdict for _, r in results][1:3] == [ERROR, "NO FACE FOUND"]
+    assert results[0][1].fake_probability == pytest.approx(results[3][1].fake_probability, abs=1e-6)

@@ -100,7 +100,7 @@ def _local_run(scan, out: Path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return prepare_dataset(scan, out, CONFIG, workers=1)
+        return prepare_dataset(scan, out, CONFIG)
     finally:
         torch.set_num_threads(threads)
 

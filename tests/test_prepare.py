@@ -7,6 +7,7 @@ from conftest import SHARED_DATA, make_ffpp_tree, needs_shared_data
 from unmask.cli import main
 from unmask.config import FaceDetection, FrameSampling, PrepareConfig, preset
 from unmask.datasets import Video, open_dataset
+from unmask.distributed import cluster_runner
 from unmask.faces.crop import crop_face, keypoints_in_crop
 from unmask.prepare import make_face_pass, prepare_dataset, process_video
 from unmask.store import FaceStore
@@ -77,8 +78,9 @@ def test_prepare_dataset_resumes_without_duplicates(tmp_path, ffpp_tree):
 
 def test_parallel_workers_write_the_same_store(tmp_path, ffpp_tree):
     scan = open_dataset(ffpp_tree)
-    one = FaceStore(prepare_dataset(scan, tmp_path / "one", CONFIG, workers=1) and tmp_path / "one")
-    two = FaceStore(prepare_dataset(scan, tmp_path / "two", CONFIG, workers=2) and tmp_path / "two")
+    one = FaceStore(prepare_dataset(scan, tmp_path / "one", CONFIG) and tmp_path / "one")
+    two = FaceStore(prepare_dataset(scan, tmp_path / "two", CONFIG, runner=cluster_runner(CONFIG, workers=2))
+                    and tmp_path / "two")
     columns = ["video", "frame", "x1", "y1", "confidence"]
     assert one.table[columns].round(3).equals(two.table[columns].round(3))
     assert np.abs(one.faces.astype(int) - two.faces.astype(int)).max() <= 2

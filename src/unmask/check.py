@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -26,7 +28,7 @@ from unmask.errors import UnmaskError
 from unmask.faces.detectors import Detection, FaceDetector
 from unmask.faces.face_pass import Face, FacePass
 from unmask.faces.motion import wanted_frames
-from unmask.models.io import LoadedModel, load_model
+from unmask.models.io import LoadedModel, load_inference_model
 from unmask.video import VideoError
 
 FAKE, REAL, NO_FACE, ERROR = "FAKE", "REAL", "NO FACE FOUND", "ERROR"
@@ -135,11 +137,11 @@ class Checker:
         from unmask.config import resolve_device
         from unmask.faces.detectors import create_detector
 
-        self.model = model if isinstance(model, LoadedModel) else load_model(model)
+        device = resolve_device(settings.device)
+        self.model = model if isinstance(model, LoadedModel) else load_inference_model(model, device)
         self.settings = settings
         self.aggregate = settings.aggregate or self.model.card.get("aggregate", "mean")
         self._reduce = AGGREGATES.builder(self.aggregate)  # fails early, with the choices, on a bad name
-        device = resolve_device(settings.device)
         card_input = self.model.input
         trained = FaceDetection.from_record(card_input.get("detector", {}))
         self.detection = replace(trained, min_confidence=settings.min_confidence, margin=float(card_input["margin"]),
@@ -195,6 +197,21 @@ class Checker:
             result.fake_probability, result.certainty, result.faces, result.tracks, result.crops = None, "", [], [], []
         result.elapsed_s = time.perf_counter() - started
         return result
+
+    def check_many(self, paths: Iterable[Path], ahead: int = 1) -> Iterator[tuple[Path, CheckResult]]:
+        """(path, result) for each video, in order, with the next ``ahead`` videos decoding while
+        this one is scored: a folder goes at the speed of decoding, and at most ``ahead + 1``
+        checks hold frames at once."""
+        with ThreadPoolExecutor(ahead + 1, thread_name_prefix="unmask-check") as pool:
+            pending: deque[tuple[Path, Future[CheckResult]]] = deque()
+            for path in paths:
+                pending.append((path, pool.submit(self.check, path)))
+                if len(pending) > ahead:
+                    done, future = pending.popleft()
+                    yield done, future.result()
+            while pending:
+                done, future = pending.popleft()
+                yield done, future.result()
 
     def _check(self, path: Path, result: CheckResult) -> None:
         found = self.faces.run(path, self.settings.frame_indices)

@@ -144,7 +144,6 @@ def _run_prepare(args: argparse.Namespace) -> int:
     scan = open_dataset(args.dataset, args.methods, args.compression)
     for problem in scan.problems:
         print(f"warning: {problem}", file=sys.stderr)
-    workers = args.workers or os.cpu_count() or 1
     with tqdm(total=len(scan.videos), unit="video", desc="prepare", file=sys.stderr,
               disable=None) as bar:
         bar.update(0)
@@ -153,7 +152,7 @@ def _run_prepare(args: argparse.Namespace) -> int:
             bar.set_postfix_str(f"{Path(record['video']).name}: {record['status']}", refresh=False)
             bar.update(1)
 
-        summary = prepare_dataset(scan, args.out, config, workers=workers, on_video=on_video, runner=runner)
+        summary = prepare_dataset(scan, args.out, config, on_video=on_video, runner=runner)
         bar.update(summary.already_done)
     sheet = contact_sheet(FaceStore(args.out), args.out / "contact_sheet.png")
     result = summary.to_dict() | {"store": str(args.out), "contact_sheet": str(sheet) if sheet else None}
@@ -203,6 +202,7 @@ def _synth_command(parser: argparse.ArgumentParser):
 def _run_synth(args: argparse.Namespace) -> int:
     from unmask.config import FaceDetection, FrameSampling, PrepareConfig
     from unmask.datasets import DatasetScan, real_sources
+    from unmask.distributed import cluster_runner
     from unmask.prepare import prepare_dataset
     from unmask.store import FaceStore
     from unmask.synth import KINDS, synthesize_store
@@ -217,7 +217,8 @@ def _run_synth(args: argparse.Namespace) -> int:
         config = PrepareConfig(frames=FrameSampling(max_frames=args.frames),
                                faces=FaceDetection(margin=args.margin, size=args.size))
         scan = DatasetScan(root=args.source, layout="real", videos=real_sources(args.source))
-        prepare_dataset(scan, args.out / "real", config, workers=args.workers or os.cpu_count() or 1)
+        prepare_dataset(scan, args.out / "real", config,
+                        runner=cluster_runner(config, workers=args.workers or os.cpu_count() or 1))
         real = FaceStore(args.out / "real")
     if len(real) == 0:
         raise UnmaskError(f"no faces found in {args.source}")
@@ -505,9 +506,10 @@ def _run_check(args: argparse.Namespace) -> int:
 
 @contextmanager
 def _check_results(args: argparse.Namespace, videos: list[Path], checker, settings):
-    """(video, result) pairs: checked here one by one, or on a Dask cluster as they finish."""
+    """(video, result) pairs: checked here in order (the next video decoding while this one is
+    scored), or on a Dask cluster as they finish."""
     if not (args.scheduler or args.cluster):
-        yield ((video, checker.check(video)) for video in videos)
+        yield checker.check_many(videos)
         return
     from unmask.distributed import check_on_cluster, cluster_client
 

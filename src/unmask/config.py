@@ -4,6 +4,8 @@ The study's settings are the ``seed`` preset; nothing else in the code hard-code
 """
 from __future__ import annotations
 
+import os
+import sys
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
@@ -146,14 +148,27 @@ def preset(name: str, **overrides) -> PrepareConfig:
 
 
 def resolve_device(device: str) -> str:
-    """Turn "auto" into "cuda" or "cpu"."""
-    import torch
-
+    """Turn "auto" into "cuda" or "cpu". torch is asked only where a GPU driver shows or CUDA is
+    named: importing it takes seconds, more than checking a short video on a CPU."""
+    if device == "cpu" or (device == "auto" and not _gpu_driver()):
+        return "cpu"
+    try:
+        import torch
+    except ImportError:
+        torch = None
     if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
+        return "cuda" if torch is not None and torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and (torch is None or not torch.cuda.is_available()):
         raise UnmaskError("CUDA was asked for but no GPU is available; use --device cpu")
     return device
+
+
+def _gpu_driver() -> bool:
+    """Whether a GPU driver torch could use might be here: NVIDIA's or ROCm's device files (Linux,
+    WSL); elsewhere torch is asked."""
+    if not sys.platform.startswith("linux"):
+        return True
+    return any(os.path.exists(p) for p in ("/dev/nvidiactl", "/proc/driver/nvidia/version", "/dev/kfd", "/dev/dxg"))
 
 
 @dataclass(frozen=True)

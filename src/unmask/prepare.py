@@ -1,18 +1,15 @@
 """Dataset -> frames -> faces -> face store, for one video and for many.
 
 ``process_video`` (the face pass of ``unmask.faces.face_pass``, into a store shard) is the unit of
-work (it runs in a local process pool or on a Dask
-worker alike); ``prepare_dataset`` schedules it over a dataset, resumes where a previous
-run stopped, and commits the shards into the store.
+work: it runs here or on Dask workers alike (a local cluster for ``--workers``, or a real one);
+``prepare_dataset`` schedules it over a dataset, resumes where a previous run stopped, and
+commits the shards into the store.
 """
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -91,18 +88,6 @@ def process_and_write(video: Video, config: PrepareConfig, faces: FacePass, shar
     return shard.video
 
 
-_worker_faces: FacePass | None = None
-
-
-def _init_worker(config: PrepareConfig) -> None:
-    global _worker_faces
-    _worker_faces = make_face_pass(config, threads=1, decode_threads=1)
-
-
-def _work(video: Video, config: PrepareConfig, shards_dir: Path) -> dict:
-    return process_and_write(video, config, _worker_faces, shards_dir)
-
-
 @dataclass
 class PrepareSummary:
     """What a prepare run did, and the state of the whole store after it."""
@@ -157,20 +142,20 @@ def prepare_dataset(
     scan: DatasetScan,
     out: Path,
     config: PrepareConfig,
-    workers: int = 1,
     on_video: Callable[[dict], None] | None = None,
     runner: Callable[[list[Video], Path], Iterable[dict]] | None = None,
 ) -> PrepareSummary:
     """Process every video of ``scan`` not already in the store at ``out``, then commit.
 
-    ``runner`` replaces the local process pool (the Dask engine plugs in here); it gets the
-    videos to do and the shards folder, and yields one video record per finished video.
+    ``runner`` runs the videos elsewhere (``unmask.distributed.cluster_runner``: worker
+    processes of a local Dask cluster, or a real cluster); it gets the videos to do and the
+    shards folder, and yields one video record per finished video. None: one by one, here.
     """
     started = time.perf_counter()
     writer = StoreWriter(out, store_settings(config))
     done = writer.done()
     todo = [v for v in scan.videos if v.key not in done]
-    run = runner or (lambda videos, shards: _run_local(videos, shards, config, workers))
+    run = runner or (lambda videos, shards: _run_here(videos, shards, config))
     processed = 0
     for record in run(todo, writer.shards):
         processed += 1
@@ -183,17 +168,9 @@ def prepare_dataset(
     )
 
 
-def _run_local(videos: list[Video], shards: Path, config: PrepareConfig, workers: int) -> Iterable[dict]:
+def _run_here(videos: list[Video], shards: Path, config: PrepareConfig) -> Iterable[dict]:
     if not videos:
         return
-    if workers <= 1:
-        faces = make_face_pass(config)
-        for video in videos:
-            yield process_and_write(video, config, faces, shards)
-        return
-    workers = min(workers, len(videos), os.cpu_count() or 1)
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
-                             initializer=_init_worker, initargs=(config,)) as pool:
-        futures = [pool.submit(_work, video, config, shards) for video in videos]
-        for future in as_completed(futures):
-            yield future.result()
+    faces = make_face_pass(config)
+    for video in videos:
+        yield process_and_write(video, config, faces, shards)

@@ -6,6 +6,7 @@ ask for them by the name a user types on the command line.
 from __future__ import annotations
 
 from collections.abc import Callable
+from importlib import import_module
 from typing import Any, Generic, TypeVar
 
 from unmask.errors import UnmaskError
@@ -14,12 +15,22 @@ T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    """Maps names to builder callables; unknown names fail with the list of known ones."""
+    """Maps names to builder callables; unknown names fail with the list of known ones.
 
-    def __init__(self, kind: str):
+    ``modules``: modules that register builders when imported, imported at the first look-up,
+    so that importing the registry costs nothing of theirs (torch, scikit-learn).
+    """
+
+    def __init__(self, kind: str, modules: tuple[str, ...] = ()):
         self.kind = kind
         self._builders: dict[str, Callable[..., T]] = {}
         self._help: dict[str, str] = {}
+        self._modules = modules
+
+    def _load(self) -> None:
+        while self._modules:  # one that fails to import stays, and fails again at the next look-up
+            import_module(self._modules[0])
+            self._modules = self._modules[1:]
 
     def register(self, name: str, help: str = "") -> Callable[[Callable[..., T]], Callable[..., T]]:
         def decorator(builder: Callable[..., T]) -> Callable[..., T]:
@@ -36,15 +47,18 @@ class Registry(Generic[T]):
         return self.builder(name)(**kwargs)
 
     def builder(self, name: str) -> Callable[..., T]:
+        self._load()
         if not isinstance(name, str) or name not in self._builders:
             raise UnmaskError(f"unknown {self.kind} {name!r}; choose one of: {', '.join(self.names())}")
         return self._builders[name]
 
     def names(self) -> list[str]:
+        self._load()
         return sorted(self._builders)
 
     def describe(self) -> dict[str, str]:
         return {name: self._help[name] for name in self.names()}
 
     def __contains__(self, name: str) -> bool:
+        self._load()
         return name in self._builders

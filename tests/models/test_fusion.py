@@ -141,3 +141,14 @@ def test_without_cnn_it_weighs_the_motion_features_alone(tmp_path):
     assert not any(name.startswith("cnn.") for name in alone.weights())
     np.testing.assert_allclose(loaded.fake_probability(faces, motion), alone.predict_proba(faces, motion=motion)[:, 1],
                                rtol=1e-6)
+
+
+def test_with_a_fixed_cnn_weight_the_logits_of_both_experts_add():
+    faces, labels, motion = made_up(200, seed=0)
+    motion[:20] = np.nan  # faces without motion (photos) train only the CNN part
+    fused = create_model("mesonet-motion", cnn_weight=1.0).fit(faces, labels, motion=motion)
+    alone = create_model("mesonet-motion", archs=[]).fit(faces[20:], labels[20:], motion=motion[20:])
+    test_faces, _, test_motion = made_up(50, seed=1)
+    expected = alone.decision_function(test_faces, test_motion) + fused.cnn_.decision_function(test_faces)
+    np.testing.assert_allclose(fused.decision_function(test_faces, test_motion), expected, rtol=1e-4, atol=1e-4)
+    assert fused.weighting()["cnn_logit"] == 1.0

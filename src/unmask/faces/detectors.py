@@ -7,6 +7,7 @@ so that choosing a detector by name never costs the import of another.
 """
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -39,17 +40,24 @@ DETECTORS: Registry[FaceDetector] = Registry("face detector")
 
 @DETECTORS.register("mtcnn", help="MTCNN (Zhang et al. 2016), the original weights, as the study used")
 def _mtcnn(settings: FaceDetection, device: str) -> FaceDetector:
+    """On a CPU the exported nets run without torch (the same detections within 1e-4); on a GPU, torch."""
+    if device == "cpu":
+        from unmask.faces.mtcnn_onnx import OnnxMTCNN
+
+        return OnnxMTCNN(min_face_size=settings.mtcnn.min_face_size, thresholds=settings.mtcnn.thresholds)
     from unmask.faces.mtcnn import MTCNN
 
     return MTCNN(min_face_size=settings.mtcnn.min_face_size, thresholds=settings.mtcnn.thresholds, device=device)
 
 
 def create_detector(settings: FaceDetection, threads: int | None = None) -> FaceDetector:
-    """The detector ``settings`` name, on their device; ``threads`` caps torch's CPU threads
-    (one per worker process)."""
-    builder = DETECTORS.builder(settings.detector)
+    """The detector ``settings`` name, on their device; ``threads`` caps OpenCV's and (where it is
+    loaded) torch's CPU threads (one per worker process)."""
+    detector = DETECTORS.builder(settings.detector)(settings, resolve_device(settings.device))
     if threads:
-        import torch
+        import cv2
 
-        torch.set_num_threads(threads)
-    return builder(settings, resolve_device(settings.device))
+        cv2.setNumThreads(threads)
+        if "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(threads)
+    return detector

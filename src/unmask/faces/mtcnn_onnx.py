@@ -1,4 +1,4 @@
-"""MTCNN without torch: the three nets exported to ONNX, every step between them in numpy.
+"""MTCNN without torch: the three nets exported to ONNX and run by OpenCV, every step between them in numpy.
 
 Why: on CPU, importing torch costs more than detecting the faces of a short video. Each step
 is ``unmask.faces.mtcnn``'s (the torch detector, kept for GPUs), operation for operation in the
@@ -187,16 +187,15 @@ def _normalise(x: np.ndarray) -> np.ndarray:
 class OnnxMTCNN:
     """The MTCNN cascade on CPU without torch; same settings and detections as ``unmask.faces.mtcnn.MTCNN``."""
 
-    def __init__(self, min_face_size: int = 20, thresholds=(0.6, 0.7, 0.7), scale_factor: float = 0.709,
-                 threads: int | None = None, backend: str = "ort") -> None:
+    def __init__(self, min_face_size: int = 20, thresholds=(0.6, 0.7, 0.7), scale_factor: float = 0.709) -> None:
         check_settings(min_face_size, thresholds, scale_factor)
         self.min_face_size = min_face_size
         self.thresholds = tuple(float(t) for t in thresholds)
         self.scale_factor = scale_factor
-        self.nets = {name: OnnxNet(weights_dir() / f"{name}.onnx", threads, backend) for name in NETS}
+        self.nets = {name: OnnxNet(weights_dir() / f"{name}.onnx") for name in NETS}
 
     def _run(self, name: str, x: np.ndarray) -> list[np.ndarray]:
-        """The net's outputs; none of its work for an empty batch (which not every runtime takes)."""
+        """The net's outputs; an empty batch is not given to it (see ``OnnxNet``)."""
         if not len(x):
             shapes = {"reg": (0, 4), "marks": (0, 10), "prob": (0,)}
             return [np.zeros(shapes[o], np.float32) for o in OUTPUTS[name]]

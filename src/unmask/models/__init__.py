@@ -5,30 +5,31 @@
 from faces to ``predict_proba`` and can be cross-validated or saved as a whole.
 
 Model modules register their builders in ``MODELS`` when imported; every module in
-``MODEL_MODULES`` is imported with this package, so all models are always listed
-(scikit-learn ones in ``unmask.models.classical``, torch ones in ``unmask.models.cnn``,
-``unmask.models.ensemble`` and ``unmask.models.fusion``).
+``MODEL_MODULES`` is imported the first time ``MODELS`` is asked for a model or the list, so all
+models are always listed (scikit-learn ones in ``unmask.models.classical``, torch ones in
+``unmask.models.cnn``, ``unmask.models.ensemble`` and ``unmask.models.fusion``), while importing
+this package (as ``unmask check`` does, through ``unmask.models.io``) imports neither torch nor
+scikit-learn.
 """
 from __future__ import annotations
 
 import inspect
 import os
 from collections.abc import Callable, Mapping
-from importlib import import_module
 from pathlib import Path
 from typing import Any
 
 from unmask.errors import UnmaskError
 from unmask.registry import Registry
 
-MODELS: Registry[Any] = Registry("model")
-
-FIT_MEMORY: dict[str, Callable[[int, int], int]] = {}
-"""model name -> f(n_samples, n_features) giving peak bytes to fit it; see ``estimate_fit_memory``."""
-
 MODEL_MODULES: tuple[str, ...] = ("unmask.models.classical", "unmask.models.cnn", "unmask.models.ensemble",
                                   "unmask.models.fusion")
 """Modules that register models when imported."""
+
+MODELS: Registry[Any] = Registry("model", MODEL_MODULES)
+
+FIT_MEMORY: dict[str, Callable[[int, int], int]] = {}
+"""model name -> f(n_samples, n_features) giving peak bytes to fit it; see ``estimate_fit_memory``."""
 
 
 def create_model(name: str, features: Any = None, **params: Any) -> Any:
@@ -96,7 +97,3 @@ def check_fit_memory(model_name: str, n_samples: int, n_features: int, available
             "use compact features (pixels-small, spectrum, spectrum+small) or fewer faces"
         )
     return needed
-
-
-for _module in MODEL_MODULES:
-    import_module(_module)

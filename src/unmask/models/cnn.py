@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -47,6 +46,7 @@ from unmask.augment import Augmenter
 from unmask.config import resolve_device
 from unmask.util import torch_world
 from unmask.errors import UnmaskError
+from unmask.faces.crop import resize_square as _resize
 from unmask.models import MODELS
 from unmask.models.checkpoint import (
     join_optimizer_state,
@@ -222,12 +222,6 @@ def _check_faces(X: Any) -> np.ndarray:
     if len(X) == 0:
         raise UnmaskError("there are no faces")
     return X
-
-
-def _resize(face: np.ndarray, size: int) -> np.ndarray:
-    if face.shape[0] == size and face.shape[1] == size:
-        return face
-    return cv2.resize(face, (size, size), interpolation=cv2.INTER_AREA)
 
 
 def _prefetched(make: Callable[[Any], Any], jobs: Iterable[Any], workers: int) -> Iterator[Any]:

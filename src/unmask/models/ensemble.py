@@ -56,10 +56,12 @@ class LogitEnsemble(LogitClassifierMixin, BaseEstimator):
         return members
 
     def fit(self, X: np.ndarray, y: np.ndarray, groups: Iterable[Any] | None = None,
-            keypoints: np.ndarray | None = None) -> LogitEnsemble:
+            keypoints: np.ndarray | None = None, methods: Iterable[str] | None = None) -> LogitEnsemble:
         """Fit every member on the same faces (see ``TorchFaceClassifier.fit``)."""
         groups = None if groups is None else list(groups)
-        return self._adopt([member.fit(X, y, groups=groups, keypoints=keypoints) for member in self._members()])
+        methods = None if methods is None else list(methods)
+        return self._adopt([member.fit(X, y, groups=groups, keypoints=keypoints, methods=methods)
+                            for member in self._members()])
 
     def _adopt(self, members: list[TorchFaceClassifier]) -> LogitEnsemble:
         self.members_ = members

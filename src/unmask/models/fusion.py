@@ -51,6 +51,11 @@ class MotionFusion(LogitClassifierMixin, BaseEstimator):
         Meso-4 as it is; ``("mesoinception4", "meso4")`` for both MesoNets); no archs: the
         motion features alone.
     C : inverse L2 strength of the logistic regression (on standardised inputs).
+    cnn_weight : None: the regression weighs the CNN's logit with the motion features. A number: the
+        regression is fitted on the motion features alone and the CNN's logit is added with this weight
+        (log-odds of two experts added). Why: a CNN fine-tuned on the same faces is overconfident on
+        them, so a regression fitted there would trust it too much; and faces without motion (photos
+        in training) then only train the CNN.
 
     ``fit`` and ``predict_proba`` take ``motion``: (N, len(MOTION_FEATURES)) from a store
     prepared with ``--motion`` or from ``unmask check``, which reads the neighbouring frames.
@@ -60,10 +65,11 @@ class MotionFusion(LogitClassifierMixin, BaseEstimator):
     """
 
     def __init__(self, archs: Iterable[str] = ("meso4",), member_params: dict | None = None,
-                 C: float = 10.0, seed: int = 42):
+                 C: float = 10.0, seed: int = 42, cnn_weight: float | None = None):
         self.archs = archs
         self.member_params = member_params
         self.C = C
+        self.cnn_weight = cnn_weight
         self.seed = seed
 
     def _ensemble(self) -> LogitEnsemble | None:
@@ -88,21 +94,30 @@ class MotionFusion(LogitClassifierMixin, BaseEstimator):
         return np.column_stack([motion, self.cnn_.decision_function(X)])
 
     def fit(self, X: np.ndarray, y: np.ndarray, groups: Iterable[Any] | None = None,
-            keypoints: np.ndarray | None = None, motion: np.ndarray | None = None) -> MotionFusion:
+            keypoints: np.ndarray | None = None, motion: np.ndarray | None = None,
+            methods: Iterable[str] | None = None) -> MotionFusion:
         """Fit the CNN part (nothing to do for released nets), then the weighing on its logits."""
         if np.isnan(self._motion(X, motion)).all(axis=0).any():
             raise UnmaskError("a motion feature is missing for every training face (no later frames?)")
         ensemble = self._ensemble()
-        self.cnn_ = None if ensemble is None else ensemble.fit(X, y, groups=groups, keypoints=keypoints)
-        inputs = self._inputs(X, motion)
+        self.cnn_ = None if ensemble is None else ensemble.fit(X, y, groups=groups, keypoints=keypoints,
+                                                               methods=methods)
+        y = np.asarray(y, dtype=int)
+        fixed = self.cnn_weight is not None and self.cnn_ is not None
+        inputs = self._motion(X, motion) if fixed else self._inputs(X, motion)
+        if fixed:  # the motion expert learns from the faces that have motion
+            inputs, y = inputs[~np.isnan(inputs).all(axis=1)], y[~np.isnan(inputs).all(axis=1)]
         scaler = StandardScaler().fit(inputs)  # NaN-aware: a missing feature is left out of its statistics
         standardised = np.nan_to_num(scaler.transform(inputs), nan=0.0)
-        regression = LogisticRegression(C=self.C, max_iter=10_000).fit(standardised, np.asarray(y, dtype=int))
-        head = StandardisedLinear(inputs.shape[1])
+        regression = LogisticRegression(C=self.C, max_iter=10_000).fit(standardised, y)
+        mean, scale, coef = scaler.mean_, scaler.scale_, regression.coef_.ravel()
+        if fixed:  # the CNN's logit enters as it is, times cnn_weight
+            mean, scale, coef = np.r_[mean, 0.0], np.r_[scale, 1.0], np.r_[coef, self.cnn_weight]
+        head = StandardisedLinear(len(mean))
         with torch.no_grad():
-            head.mean.copy_(torch.from_numpy(scaler.mean_.astype(np.float32)))
-            head.scale.copy_(torch.from_numpy(scaler.scale_.astype(np.float32)))
-            head.linear.weight.copy_(torch.from_numpy(regression.coef_.astype(np.float32)))
+            head.mean.copy_(torch.from_numpy(mean.astype(np.float32)))
+            head.scale.copy_(torch.from_numpy(scale.astype(np.float32)))
+            head.linear.weight.copy_(torch.from_numpy(coef.astype(np.float32)[None]))
             head.linear.bias.copy_(torch.from_numpy(regression.intercept_.astype(np.float32)))
         return self._adopt(self.cnn_, head)
 

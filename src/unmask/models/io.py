@@ -1,7 +1,10 @@
 """Save and load models without pickle: skops for scikit-learn pipelines, safetensors for
-PyTorch nets, and beside each a JSON model card saying what it is, how it was trained and
-how well it did. The card also carries what ``check`` must honour: crop size and margin,
-probability calibration and the decision threshold.
+PyTorch nets (and, where the network exports, the same function as ``model.onnx``, which
+``check`` runs on a CPU without importing torch), and beside each a JSON model card saying
+what it is, how it was trained and how well it did. The card also carries what ``check`` must
+honour: crop size and margin, probability calibration and the decision threshold.
+
+torch, scikit-learn and skops are imported only by the loaders and savers that need them.
 """
 from __future__ import annotations
 
@@ -16,8 +19,8 @@ import numpy as np
 
 from unmask import __version__
 from unmask.errors import UnmaskError
-from unmask.models import per_face_inputs
 from unmask.faces.motion import MOTION_FEATURES
+from unmask.models import per_face_inputs
 from unmask.util import atomic_path, write_json
 
 FORMAT = "unmask-model"
@@ -100,12 +103,19 @@ def save_model(estimator: Any, out_dir: Path, card: dict) -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     card = {"format": FORMAT, "format_version": FORMAT_VERSION, **card, "versions": versions()}
+    card.pop("onnx", None)  # named below only when these weights were exported
     if hasattr(estimator, "weights") and hasattr(estimator, "load_weights"):
         from safetensors.torch import save_file
 
+        from unmask.models.export import ONNX_FILE, try_write_onnx
+
         card.update(kind="torch", file="model.safetensors")
+        (out_dir / ONNX_FILE).unlink(missing_ok=True)  # an earlier model's export must never stay beside these weights
         with atomic_path(out_dir / card["file"]) as tmp:
             save_file(estimator.weights(), str(tmp))
+        onnx = try_write_onnx(estimator, out_dir)
+        if onnx is not None:
+            card["onnx"] = onnx
     else:
         import skops.io
 
@@ -122,8 +132,28 @@ def save_model(estimator: Any, out_dir: Path, card: dict) -> Path:
     return out_dir
 
 
-def load_model(path: Path | None = None) -> LoadedModel:
-    """Load a model folder written by ``save_model`` (None: the shipped default model)."""
+def load_inference_model(path: Path | None = None, device: str = "cpu") -> LoadedModel:
+    """The model to check videos with: on a CPU, a torch model whose card names its ``model.onnx``
+    export runs from that, without importing torch; otherwise (a GPU, scikit-learn, no export,
+    or an export that is not the one its card names) ``load_model``'s estimator."""
+    path, card = _read_card(path)
+    onnx = card.get("onnx")
+    if device == "cpu" and card["kind"] == "torch" and onnx is not None:
+        from unmask.onnxnet import sha256
+
+        file = path / onnx["file"]
+        if file.is_file() and sha256(file) == onnx["sha256"]:
+            from unmask.models.onnx_model import OnnxModel
+
+            try:
+                return LoadedModel(OnnxModel(path, card), card, path)
+            except Exception as err:  # noqa: BLE001 - whatever a damaged file makes a reader raise, one line
+                raise UnmaskError(f"{file} cannot be read as an ONNX model ({type(err).__name__}: {err})") from None
+    return load_model(path)
+
+
+def _read_card(path: Path | None) -> tuple[Path, dict]:
+    """The folder (None: the shipped default model) and its checked card."""
     path = Path(path) if path is not None else default_model_dir()
     card_path = path / CARD
     if not card_path.is_file():
@@ -139,6 +169,12 @@ def load_model(path: Path | None = None) -> LoadedModel:
     if "motion" in card["input"].get("needs", ()) and card["input"].get("motion_features") != list(MOTION_FEATURES):
         raise UnmaskError(f"{path} judges another set of motion features than this version of unmask measures; "
                           "retrain it on faces prepared with --motion")
+    return path, card
+
+
+def load_model(path: Path | None = None) -> LoadedModel:
+    """Load a model folder written by ``save_model`` (None: the shipped default model)."""
+    path, card = _read_card(path)
     file = path / card["file"]
     if not file.is_file():
         raise UnmaskError(f"{file} is missing (the model card names it)")
@@ -161,9 +197,7 @@ def _check_card(card: Any, card_path: Path) -> None:
 
     need(isinstance(card, dict), "the card is not a JSON object")
     need(card.get("kind") in ("torch", "sklearn"), f"'kind' is {card.get('kind')!r}, not 'torch' or 'sklearn'")
-    file = card.get("file")
-    need(isinstance(file, str) and file == Path(file).name and file not in ("", ".", ".."),
-         f"'file' is {file!r}, not a file name inside the model folder")
+    need(_file_name(card.get("file")), f"'file' is {card.get('file')!r}, not a file name inside the model folder")
     estimator = card.get("estimator")
     need(isinstance(estimator, dict) and isinstance(estimator.get("name"), str)
          and isinstance(estimator.get("params", {}), dict), "'estimator' lacks a name or its params")
@@ -173,6 +207,13 @@ def _check_card(card: Any, card_path: Path) -> None:
     need(isinstance(card.get("threshold", 0.5), (int, float)), "'threshold' is not a number")
     need(card["kind"] != "sklearn" or isinstance(card.get("skops_types"), list),
          "'skops_types' (the types its file holds) is missing; a card of an older unmask: retrain the model")
+    onnx = card.get("onnx")
+    need(onnx is None or (isinstance(onnx, dict) and _file_name(onnx.get("file")) and isinstance(onnx.get("sha256"), str)
+                          and isinstance(onnx.get("inputs"), list)), "'onnx' does not name an export in the model folder")
+
+
+def _file_name(file: Any) -> bool:
+    return isinstance(file, str) and file == Path(file).name and file not in ("", ".", "..")
 
 
 def _load_torch(file: Path, card: dict):

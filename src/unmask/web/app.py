@@ -35,7 +35,6 @@ from starlette.types import Message as ASGIMessage
 from unmask import __version__
 from unmask.check import ERROR, Checker, CheckResult
 from unmask.config import ServeSettings
-from unmask.errors import UnmaskError
 from unmask.report import render_report
 
 MULTIPART_SLACK = 64 * 1024

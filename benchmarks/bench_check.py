@@ -9,17 +9,24 @@ the ratio check / decode-only. Target: a 10-second 720p video in under 2 s on 2 
 CPU seconds are printed beside wall seconds: on a machine shared with other jobs, CPU
 seconds / cores is what the check would take on idle cores.
 
+Cold start: the whole ``unmask check VIDEO`` process on the generated video (imports, loading
+the detector and the model, the check; median of 5), beside a process that only imports
+PyAV, OpenCV and numpy and decodes the same frames, in the same run, and their ratio.
+
     python benchmarks/bench_check.py [--videos 20] [--repeats 3] [--model DIR]
 """
 from __future__ import annotations
 
 import argparse
 import os
+import resource
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-import torch
+import cv2
 
 from common import SHARED_DATA, machine, markdown_table, median, require
 from unmask.check import Checker, CheckSettings
@@ -49,6 +56,37 @@ def measure(checker: Checker, path: Path, repeats: int) -> dict:
             "height": info.height, "seconds": info.duration}
 
 
+BASELINE = ("import sys, av, cv2, numpy; from unmask.video import read_frames; "
+            "read_frames(sys.argv[1], [int(i) for i in sys.argv[2].split(',')])")
+"""The floor of any check: start Python, import what decoding needs, decode the frames a check reads."""
+
+
+def process_seconds(command: list[str]) -> tuple[float, float]:
+    """Wall and CPU seconds (user + system, all its threads) of one child process."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def cold_start(checker: Checker, path: Path, model: Path | None, repeats: int = 5) -> list[list]:
+    """Rows: `unmask check PATH` as a new process, the decode-only baseline process, their ratio."""
+    info, _ = read_frames(path, [0])
+    frames = ",".join(map(str, checker.frames_to_read(info.frame_count)))
+    check = [sys.executable, "-m", "unmask", "check", str(path), *(["--model", str(model)] if model else [])]
+    baseline = [sys.executable, "-c", BASELINE, str(path), frames]
+    runs = {name: [process_seconds(command) for _ in range(repeats)] for name, command in
+            (("check", check), ("baseline", baseline))}
+    wall = {name: median(w for w, _ in r) for name, r in runs.items()}
+    cpu = {name: median(c for _, c in r) for name, r in runs.items()}
+    return [["`unmask check VIDEO` (new process)", repeats, f"{wall['check']:.2f}", f"{cpu['check']:.2f}",
+             f"{wall['check'] / wall['baseline']:.1f}"],
+            ["import av, cv2, numpy + decode the same frames", repeats, f"{wall['baseline']:.2f}",
+             f"{cpu['baseline']:.2f}", "1.0"]]
+
+
 def summary_row(name: str, runs: list[dict]) -> list:
     check, decode = median(r["check"] for r in runs), median(r["decode"] for r in runs)
     return [name, len(runs), f"{check:.2f}", f"{median(r['check_cpu'] for r in runs):.2f}", f"{decode:.2f}",
@@ -65,7 +103,7 @@ def main() -> None:
     scan = open_dataset(require(args.data), ["Deepfakes"], ["c23"])
     videos = [v.path for v in scan.videos][: args.videos or None]
 
-    print(f"machine: {machine()}, torch threads {torch.get_num_threads()}")
+    print(f"machine: {machine()}, OpenCV threads {cv2.getNumThreads()}")
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())} (1, 5, 15 min)")
     started = time.perf_counter()
     checker = Checker(args.model, CheckSettings())
@@ -77,6 +115,7 @@ def main() -> None:
         sample = make_sample_video(Path(tmp) / "sample-10s-720p.mp4", seconds=10, width=1280, height=720)
         checker.check(sample)  # warm-up: first-call costs (allocations, kernel choice) are not per video
         generated = [measure(checker, sample, max(3, args.repeats))]
+        cold = cold_start(checker, sample, args.model)
     runs = [measure(checker, path, args.repeats) for path in videos]
     rows = [summary_row("generated 10 s 720p sample", generated),
             summary_row(f"FF++ sample c23, all ({args.data.name})", runs)]
@@ -84,6 +123,8 @@ def main() -> None:
         rows.append(summary_row(f"  of which {height}p", [r for r in runs if r["height"] == height]))
     print(markdown_table(["videos", "n", "check s", "check CPU s", "decode-only s", "decode CPU s",
                           "check / decode"], rows))
+    print("\ncold start, generated 10 s 720p video (medians of 5):")
+    print(markdown_table(["process", "n", "wall s", "CPU s", "/ baseline"], cold))
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     cores = len(os.sched_getaffinity(0))
     hd = [r for r in runs if r["height"] == 720] + generated

@@ -1,5 +1,5 @@
 """Convert the MesoNet authors' Keras 2 weights (Meso4_DF.h5, MesoInception_DF.h5) to the
-safetensors files that ``unmask.models.mesonet.load_released`` ships, without TensorFlow.
+safetensors files that ``unmask.models.nets.mesonet.load_released`` ships, without TensorFlow.
 
 Keras names layers by creation order (``conv2d_5`` ...), so each PyTorch module is mapped to
 the Keras layer that the same line of the authors' ``classifiers.py`` created. Conversions:
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from unmask.models.mesonet import Meso4, MesoInception4
+from unmask.models.nets.mesonet import Meso4, MesoInception4
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_H5_DIR = REPO.parent / "shared" / "data" / "pretrained" / "mesonet"

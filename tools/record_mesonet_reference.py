@@ -1,5 +1,5 @@
 """Record what the authors' original Keras MesoNet models output, as the fixture that proves
-the PyTorch port in ``unmask.models.mesonet`` exact (tests/models/test_mesonet.py).
+the PyTorch port in ``unmask.models.nets.mesonet`` exact (tests/models/test_mesonet.py).
 
 Run it in a THROWAWAY environment, never the project's (TensorFlow is not a dependency):
 

@@ -128,7 +128,7 @@ class Checker:
     """Holds the face pass and the model, loaded once (the server keeps one warm).
 
     Safe to share between threads: decoding runs in parallel, while the detector and the
-    model (torch modules, whose Grad-CAM hooks are shared state) take turns behind a lock.
+    model (OpenCV nets, or torch modules whose Grad-CAM hooks are shared state) take turns behind a lock.
     The face pass is set up as the model's card says its training faces were made (detector,
     its settings, crop margin and size, motion sampling).
     """

@@ -188,7 +188,7 @@ def videos_folder(root: Path, dataset: str, compression: str) -> Path:
 def inspect_video(path: Path) -> FileProblem | None:
     """None when the file is a whole video; else what is wrong with it."""
     # PyAV loads when files are read, not for `unmask --help`
-    from unmask.video import VideoError, _open
+    from unmask.video import VideoError, open_video
 
     path = Path(path)
     size = path.stat().st_size
@@ -196,7 +196,7 @@ def inspect_video(path: Path) -> FileProblem | None:
         return FileProblem(path.name, EMPTY, "0 bytes")
     cut = _mp4_cut(path, size)
     try:
-        container = _open(path)
+        container = open_video(path)
     except VideoError as err:
         return FileProblem(path.name, TRUNCATED, cut) if cut else \
             FileProblem(path.name, DOES_NOT_OPEN, str(err).removeprefix(f"{path}: "))

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -30,9 +31,9 @@ import numpy as np
 from unmask.config import PrepareConfig
 from unmask.datasets import Video
 from unmask.errors import UnmaskError
-from unmask.util import torch_world
 from unmask.prepare import _video_record, make_face_pass, process_and_write
 from unmask.store import VIDEO_COLUMNS, Shard, shard_id, write_shard
+from unmask.util import torch_world
 
 if TYPE_CHECKING:  # check loads the detector and the model; workers import it when they check
     from unmask.check import CheckResult
@@ -228,16 +229,19 @@ def _check(path: Path, model: Path | None, settings) -> CheckResult:
     from unmask.check import Checker
 
     if _checker is None or _checker[:2] != (model, settings):
-        torch_threads_one()
         _checker = (model, settings, Checker(model, settings))
+        one_thread()
     return _checker[2].check(path)
 
 
-def torch_threads_one() -> None:
-    """Workers run one task per process: one torch thread each uses the cores without contention."""
-    import torch
+def one_thread() -> None:
+    """Workers run one task per process: one OpenCV (and, where a GPU or a model without an ONNX
+    export loaded it, torch) thread each uses the cores without contention."""
+    import cv2
 
-    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)
 
 
 def check_on_cluster(client, paths: list[Path], model: Path | None, settings, retries: int = 2,

@@ -26,11 +26,11 @@ from sklearn.metrics import (
     roc_curve,
 )
 
-from unmask.errors import UnmaskError
-from unmask.util import atomic_path
 from unmask.aggregate import AGGREGATES
+from unmask.errors import UnmaskError
 from unmask.splits import LEAKY_SPLITS
 from unmask.usage import Usage
+from unmask.util import atomic_path
 
 CLASS_NAMES = ("real", "fake")
 """Label 0 and label 1."""

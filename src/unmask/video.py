@@ -47,7 +47,8 @@ class _Index:
     """Frame indices of keyframes, sorted."""
 
 
-def _open(path: Path) -> av.container.InputContainer:
+def open_video(path: Path) -> av.container.InputContainer:
+    """The file opened for reading its video stream, or a VideoError saying in one line why it cannot be."""
     path = Path(path)
     if not path.is_file():
         raise VideoError(f"{path}: no such file")
@@ -91,7 +92,7 @@ def _upright(image: np.ndarray, rotation: int) -> np.ndarray:
 
 def probe(path: Path) -> VideoInfo:
     """Frame count (from the packets actually present), rate, size and rotation."""
-    container = _open(path)
+    container = open_video(path)
     try:
         stream = container.streams.video[0]
         index = _index(container, stream)
@@ -150,7 +151,7 @@ def stream_frames(path: Path, indices: list[int] | Callable[[int], list[int]], t
     4K or 8K frame never exists. ``threads`` = 0 lets FFmpeg choose. Raises VideoError when not a
     single wanted frame decodes.
     """
-    container = _open(path)
+    container = open_video(path)
     try:
         stream = container.streams.video[0]
         # Frame threading keeps a frame in flight per thread: at 8K that is 600 MB of decoder

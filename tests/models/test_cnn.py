@@ -21,7 +21,7 @@ from unmask.errors import UnmaskError
 from unmask.faces.crop import crop_face, keypoints_in_crop
 from unmask.models import MODELS, create_model
 from unmask.models.cnn import ARCHITECTURES, TorchFaceClassifier
-from unmask.models.mesonet import load_released
+from unmask.models.nets.mesonet import load_released
 from unmask.synth import self_blend
 
 #: MTCNN (unmask.faces.mtcnn, confidence 0.99999) on skimage.data.astronaut(): box and keypoints.

@@ -100,7 +100,7 @@ def test_a_model_that_does_not_export_is_checked_with_torch(tmp_path, monkeypatc
     folder = save_model(fitted, tmp_path / "m", CARD)
     assert (folder / ONNX_FILE).is_file()
 
-    def fails(estimator, out_dir):
+    def fails(estimator, out_dir, weights):
         raise RuntimeError("Exporting the operator 'aten::made_up' is not supported")
 
     monkeypatch.setattr("unmask.models.export.write_onnx", fails)
@@ -112,9 +112,14 @@ def test_a_model_that_does_not_export_is_checked_with_torch(tmp_path, monkeypatc
 
     export_onnx(folder)  # what tools/export_onnx.py runs
     assert isinstance(load_inference_model(folder, "cpu").estimator, OnnxModel)
-    with open(folder / ONNX_FILE, "ab") as damaged:  # not the export the card names: torch scores it
-        damaged.write(b"\0")
+    exported = (folder / ONNX_FILE).read_bytes()
+    (folder / ONNX_FILE).write_bytes(exported + b"\0")  # not the export the card names: torch scores it
     assert not isinstance(load_inference_model(folder, "cpu").estimator, OnnxModel)
+    (folder / ONNX_FILE).write_bytes(exported)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1])  # nor weights it was not exported from: torch reads them
+    with pytest.raises(UnmaskError, match="model.safetensors cannot be read"):
+        load_inference_model(folder, "cpu")
 
 
 def test_only_torch_models_export(tmp_path):

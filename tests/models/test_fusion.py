@@ -67,7 +67,7 @@ def test_a_face_without_later_frames_is_judged_on_the_crop_alone(fitted):
 def test_saved_as_safetensors_it_scores_the_same(fitted, tmp_path):
     faces, _, motion = made_up(8, seed=3)
     folder = save_model(fitted, tmp_path / "m", CARD)
-    assert sorted(p.name for p in folder.iterdir()) == ["card.json", "model.safetensors"]
+    assert sorted(p.name for p in folder.iterdir()) == ["card.json", "model.onnx", "model.safetensors"]
     loaded = load_model(folder)
     assert loaded.needs_motion
     np.testing.assert_allclose(loaded.fake_probability(faces, motion), fitted.predict_proba(faces, motion=motion)[:, 1],

@@ -13,7 +13,7 @@ from PIL import Image
 from skimage import data
 from skimage.transform import resize
 
-from unmask.models.mesonet import INPUT_SIZE, Meso4, MesoInception4, load_released
+from unmask.models.nets.mesonet import INPUT_SIZE, Meso4, MesoInception4, load_released
 
 FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "mesonet_reference.json").read_text())
 RECIPE = FIXTURE["recipe"]

@@ -8,7 +8,7 @@ fakes on the fly, stops early on an identity-grouped validation split, and resum
 per-epoch checkpoints. Inside a ``torch.distributed`` group (``torchrun``) it trains with
 DistributedDataParallel: each process takes its share of every epoch and gradients are averaged.
 
-Networks live in ``ARCHITECTURES``: the MesoNet ports (``unmask.models.mesonet``; the
+Networks live in ``ARCHITECTURES``: the MesoNet ports (``unmask.models.nets.mesonet``; the
 authors' weights with ``init="released"``) and ``resnet-small``, a compact residual net that
 trains from scratch in minutes on two CPU cores. Whatever the network's own convention,
 the estimator works with the logit of P(fake).
@@ -54,7 +54,9 @@ from unmask.models.checkpoint import (
     save_checkpoint,
     split_optimizer_state,
 )
-from unmask.models.mesonet import Meso4, MesoInception4, load_released
+from unmask.models.gradcam import grad_cam
+from unmask.models.nets.mesonet import FastMesoNet, Meso4, MesoInception4, load_released
+from unmask.models.nets.resnet_small import ResNetSmall
 from unmask.models.nets.efficientnet_lite import IMAGENET_MEAN, IMAGENET_STD, EfficientNetLite0, pretrained_lite0
 from unmask.registry import Registry
 from unmask.splits import _group_split
@@ -91,51 +93,6 @@ class Architecture:
 ARCHITECTURES: Registry[Architecture] = Registry("architecture")
 
 
-def _max_pool(x: torch.Tensor, k: int) -> torch.Tensor:
-    """``F.max_pool2d(x, k)`` as an elementwise max of the k*k strided views: the same numbers,
-    several times faster on channels-last CPU tensors (max_pool2d also computes argmax indices)."""
-    height, width = x.shape[2] - x.shape[2] % k, x.shape[3] - x.shape[3] % k
-    views = [x[:, :, i:height:k, j:width:k] for i in range(k) for j in range(k)]
-    out = torch.maximum(views[0], views[1])
-    for view in views[2:]:
-        torch.maximum(out, view, out=out)
-    return out
-
-
-class _FastMesoNet(nn.Module):
-    """MesoNet's eval forward reordered for speed; the same function up to float rounding.
-
-    Each MesoNet block is conv -> ReLU -> BatchNorm -> max-pool. Max-pooling commutes with ReLU
-    and, where every BatchNorm scale is positive (checked on each call; otherwise the plain forward
-    runs), with BatchNorm, so pooling first does the elementwise work on a quarter (block 4: a
-    sixteenth) of the values, and the inception branches are concatenated after pooling.
-    Measured on one core: Meso-4 1.6x, MesoInception-4 1.5x the plain forward.
-    """
-
-    def __init__(self, net: nn.Module):
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        net = self.net
-        blocks = (net.block1, net.block2, net.block3, net.block4)
-        if net.training or any(bool((block.bn.weight <= 0).any()) for block in blocks):
-            return net(x)
-        for block in blocks:
-            k = block.pool.kernel_size
-            if hasattr(block, "inception"):
-                inception = block.inception
-                branches = (inception.b1(x), inception.b2(torch.relu(inception.b2_reduce(x))),
-                            inception.b3(torch.relu(inception.b3_reduce(x))),
-                            inception.b4(torch.relu(inception.b4_reduce(x))))
-                x = torch.cat([_max_pool(branch, k).relu_() for branch in branches], dim=1)
-            else:
-                x = _max_pool(block.conv(x), k).relu_()
-            bn = block.bn
-            scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
-            x = torch.addcmul((bn.bias - bn.running_mean * scale).view(1, -1, 1, 1), x, scale.view(1, -1, 1, 1))
-        return net.head(x).squeeze(1)
-
 # The data README: released MesoNet on FF++ works best with MTCNN boxes enlarged by 30%.
 MESONET_MARGIN = 0.3
 
@@ -145,7 +102,7 @@ MESONET_MARGIN = 0.3
 def _meso4() -> Architecture:
     return Architecture(build=Meso4, input_size=256, fixed_size=True, logit_sign=-1.0, mean=None, std=None,
                         crop_margin=MESONET_MARGIN, cam_layer="block4", released=lambda: load_released("meso4"),
-                        inference=_FastMesoNet)
+                        inference=FastMesoNet)
 
 
 @ARCHITECTURES.register("mesoinception4", help="MesoInception-4 (Afchar et al. 2018), 28k parameters, 256 px; "
@@ -153,49 +110,7 @@ def _meso4() -> Architecture:
 def _mesoinception4() -> Architecture:
     return Architecture(build=MesoInception4, input_size=256, fixed_size=True, logit_sign=-1.0, mean=None, std=None,
                         crop_margin=MESONET_MARGIN, cam_layer="block4",
-                        released=lambda: load_released("mesoinception4"), inference=_FastMesoNet)
-
-
-class _Residual(nn.Module):
-    """ResNet basic block: two 3x3 convs with batch norm, a 1x1 projection when the shape changes."""
-
-    def __init__(self, in_ch: int, out_ch: int, stride: int):
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(out_ch)
-        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(out_ch)
-        # Zero-initialised last norm: each block starts as the identity, which lets a
-        # network trained from scratch on little data converge fast and stably.
-        nn.init.zeros_(self.bn2.weight)
-        self.shortcut = nn.Identity()
-        if stride != 1 or in_ch != out_ch:
-            self.shortcut = nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride, bias=False), nn.BatchNorm2d(out_ch))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = torch.relu(self.bn1(self.conv1(x)))
-        return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
-
-
-class ResNetSmall(nn.Module):
-    """A 10-layer residual net, ~1.2M parameters: stride-2 stem, four stride-2 stages
-    (32, 64, 128, 256 channels), global average pooling, dropout, one logit of P(fake).
-
-    Chosen by measured speed on two CPU cores (channels-last, oneDNN): wide-enough plain 3x3
-    convs at falling resolution beat depthwise (EfficientNet-style) blocks there, and halving
-    the resolution at every stage keeps a 160 px face at ~0.16 GFLOPs. Any input size works.
-    """
-
-    def __init__(self, widths: tuple[int, ...] = (32, 64, 128, 256), stem: int = 24, dropout: float = 0.2):
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, stem, 3, 2, 1, bias=False), nn.BatchNorm2d(stem), nn.ReLU(inplace=True))
-        channels = [stem, *widths]
-        self.stages = nn.Sequential(*(_Residual(a, b, 2) for a, b in itertools.pairwise(channels)))
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(widths[-1], 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logit of P(fake), shape (N,)."""
-        return self.head(self.stages(self.stem(x))).squeeze(1)
+                        released=lambda: load_released("mesoinception4"), inference=FastMesoNet)
 
 
 @ARCHITECTURES.register("resnet-small", help="compact ResNet, 1.2M parameters, 160 px, trained from scratch: "
@@ -717,34 +632,16 @@ class TorchFaceClassifier(LogitClassifierMixin, BaseEstimator):
 
     def gradcam(self, X: np.ndarray, layer: str | None = None) -> np.ndarray:
         """Grad-CAM heatmaps of what raised the fake score: (N, H, W) float32 in [0, 1] at the
-        crops' own size, to lay over them.
-
-        ``layer``: a submodule name of ``net_`` (default: the architecture's last conv block).
-        Each map is scaled to its own maximum; a face where nothing pushed towards fake is all 0.
-        """
+        crops' own size (``unmask.models.gradcam``). ``layer``: a submodule name of ``net_``
+        (default: the architecture's last conv block)."""
         check_is_fitted(self, "net_")
         X = _check_faces(X)
         arch = self._architecture()
-        target = self.net_.get_submodule(layer or arch.cam_layer)
         device = next(self.net_.parameters()).device
         batches = _Batches(X, None, None, self._size(arch))
-        captured: list[torch.Tensor] = []
-        hook = target.register_forward_hook(lambda module, inputs, output: captured.append(output))
-        self.net_.eval()
-        maps = []
-        try:
-            for indices in _chunks(np.arange(len(X)), self._inference_batch(device)):
-                captured.clear()
-                logits = arch.logit_sign * self.net_(self._tensor(batches.inference(indices), arch, device))
-                activation = captured[0]
-                gradient, = torch.autograd.grad(logits.sum(), activation)
-                cam = torch.relu((gradient.mean(dim=(2, 3), keepdim=True) * activation).sum(dim=1, keepdim=True))
-                cam = F.interpolate(cam, size=X.shape[1:3], mode="bilinear", align_corners=False).squeeze(1)
-                peak = cam.flatten(1).amax(dim=1).clamp_min(1e-12).view(-1, 1, 1)
-                maps.append((cam / peak).clamp_(0.0, 1.0).detach().cpu().numpy())
-        finally:
-            hook.remove()
-        return np.concatenate(maps).astype(np.float32)
+        inputs = (self._tensor(batches.inference(indices), arch, device)
+                  for indices in _chunks(np.arange(len(X)), self._inference_batch(device)))
+        return grad_cam(self.net_, layer or arch.cam_layer, inputs, arch.logit_sign, X.shape[1:3])
 
     # ----- weights -----
 

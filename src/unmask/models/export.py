@@ -74,9 +74,10 @@ def _parts(estimator: Any) -> tuple[list[tuple[nn.Module, Any]], int | None, nn.
     raise UnmaskError(f"{type(estimator).__name__} has no ONNX export")
 
 
-def write_onnx(estimator: Any, out_dir: Path) -> dict:
-    """Write ``out_dir/model.onnx`` and return the card's ``onnx`` entry; raises if the network does
-    not export or the export's logits are not torch's within ``TOLERANCE`` on random faces."""
+def write_onnx(estimator: Any, out_dir: Path, weights: Path) -> dict:
+    """Write ``out_dir/model.onnx`` and return the card's ``onnx`` entry, which ties it to the
+    ``weights`` file it was exported from; raises if the network does not export or the export's
+    logits are not torch's within ``TOLERANCE`` on random faces."""
     members, size, head = _parts(estimator)
     module = copy.deepcopy(_PerFace(members, head)).to("cpu", memory_format=torch.contiguous_format).eval()
     rng = np.random.default_rng(0)
@@ -90,7 +91,8 @@ def write_onnx(estimator: Any, out_dir: Path) -> dict:
     names = list(feed)
     export(module, tuple(torch.from_numpy(v) for v in feed.values()), path, names, ["logit"],
            {**{name: {0: "n"} for name in names}, "logit": {0: "n"}})
-    entry = {"file": ONNX_FILE, "sha256": sha256(path), "inputs": names, "size": size}
+    entry = {"file": ONNX_FILE, "sha256": sha256(path), "weights_sha256": sha256(weights), "inputs": names,
+             "size": size}
     from unmask.models.onnx_model import OnnxModel
 
     exported = OnnxModel(path.parent, {"onnx": entry}).decision_function(faces, motion)
@@ -102,11 +104,11 @@ def write_onnx(estimator: Any, out_dir: Path) -> dict:
     return entry
 
 
-def try_write_onnx(estimator: Any, out_dir: Path) -> dict | None:
+def try_write_onnx(estimator: Any, out_dir: Path, weights: Path) -> dict | None:
     """``write_onnx``, best-effort: a model that does not export gets no model.onnx (checking it uses
     torch), with a warning saying why."""
     try:
-        return write_onnx(estimator, out_dir)
+        return write_onnx(estimator, out_dir, weights)
     except ImportError as error:
         reason = f"{error.name or error} is not installed (pip install unmask[export])"
     except Exception as error:  # noqa: BLE001 - any exporter failure leaves the torch model as it is
@@ -124,6 +126,6 @@ def export_onnx(folder: Path) -> Path:
     loaded = load_model(folder)
     if loaded.card["kind"] != "torch":
         raise UnmaskError(f"{folder} holds a scikit-learn model; only torch models are exported to ONNX")
-    entry = write_onnx(loaded.estimator, loaded.path)
+    entry = write_onnx(loaded.estimator, loaded.path, loaded.path / loaded.card["file"])
     write_json(loaded.path / CARD, {**loaded.card, "onnx": entry})
     return loaded.path / ONNX_FILE

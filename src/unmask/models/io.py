@@ -113,7 +113,7 @@ def save_model(estimator: Any, out_dir: Path, card: dict) -> Path:
         (out_dir / ONNX_FILE).unlink(missing_ok=True)  # an earlier model's export must never stay beside these weights
         with atomic_path(out_dir / card["file"]) as tmp:
             save_file(estimator.weights(), str(tmp))
-        onnx = try_write_onnx(estimator, out_dir)
+        onnx = try_write_onnx(estimator, out_dir, out_dir / card["file"])
         if onnx is not None:
             card["onnx"] = onnx
     else:
@@ -134,15 +134,16 @@ def save_model(estimator: Any, out_dir: Path, card: dict) -> Path:
 
 def load_inference_model(path: Path | None = None, device: str = "cpu") -> LoadedModel:
     """The model to check videos with: on a CPU, a torch model whose card names its ``model.onnx``
-    export runs from that, without importing torch; otherwise (a GPU, scikit-learn, no export,
-    or an export that is not the one its card names) ``load_model``'s estimator."""
+    export runs from that, without importing torch; otherwise (a GPU, scikit-learn, no export, or
+    files that are not the ones the card's export entry names) ``load_model``'s estimator."""
     path, card = _read_card(path)
     onnx = card.get("onnx")
     if device == "cpu" and card["kind"] == "torch" and onnx is not None:
         from unmask.onnxnet import sha256
 
-        file = path / onnx["file"]
-        if file.is_file() and sha256(file) == onnx["sha256"]:
+        file, weights = path / onnx["file"], path / card["file"]
+        if (file.is_file() and weights.is_file() and sha256(file) == onnx["sha256"]
+                and sha256(weights) == onnx["weights_sha256"]):
             from unmask.models.onnx_model import OnnxModel
 
             try:
@@ -209,7 +210,7 @@ def _check_card(card: Any, card_path: Path) -> None:
          "'skops_types' (the types its file holds) is missing; a card of an older unmask: retrain the model")
     onnx = card.get("onnx")
     need(onnx is None or (isinstance(onnx, dict) and _file_name(onnx.get("file")) and isinstance(onnx.get("sha256"), str)
-                          and isinstance(onnx.get("inputs"), list)), "'onnx' does not name an export in the model folder")
+                          and isinstance(onnx.get("weights_sha256"), str) and isinstance(onnx.get("inputs"), list)), "'onnx' does not name an export in the model folder")
 
 
 def _file_name(file: Any) -> bool:

@@ -12,7 +12,8 @@ skimage_data = pytest.importorskip("skimage.data")
 
 from unmask.errors import UnmaskError  # noqa: E402
 from unmask.faces.detectors import Detection  # noqa: E402
-from unmask.faces.mtcnn import MTCNN, _Integral, _integral_cv2, _integral_torch  # noqa: E402
+from unmask.faces.mtcnn import MTCNN  # noqa: E402
+from unmask.faces.mtcnn_onnx import _Integral  # noqa: E402
 
 REFERENCE = json.loads((Path(__file__).parent / "fixtures" / "mtcnn_reference.json").read_text())
 
@@ -96,28 +97,25 @@ def test_matches_facenet_pytorch(detectors, case):
     _check_against_reference(detectors(case["min_face_size"]).detect([img])[0], case)
 
 
-def test_integral_images_agree():
-    """The torch path (GPU, huge images) builds the same tables as the OpenCV path (CPU)."""
+def test_integral_images_hold_the_sums():
     images = np.random.default_rng(1).integers(0, 256, (3, 37, 50, 3), dtype=np.uint8)
-    table = _integral_cv2(images)
-    assert table[:, 0].abs().sum() == 0 and table[:, :, 0].abs().sum() == 0
-    assert torch.equal(table[:, -1, -1], torch.from_numpy(images).sum(dim=(1, 2), dtype=torch.int32))
-    for dtype in (torch.int32, torch.int64):
-        assert torch.equal(_integral_torch(torch.from_numpy(images), dtype), table.to(dtype))
+    table = _Integral(images).table
+    assert np.abs(table[:, 0]).sum() == 0 and np.abs(table[:, :, 0]).sum() == 0
+    assert np.array_equal(table[:, -1, -1], images.sum(axis=(1, 2)))
 
 
 def test_area_resampling_is_torchs():
     """Pyramid levels and crops read off integral images equal F.interpolate(mode="area"), as in facenet-pytorch."""
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (2, 61, 83, 3), dtype=np.uint8)
-    integral = _Integral(images, torch.device("cpu"))
+    integral = _Integral(images)
     as_float = torch.from_numpy(images).permute(0, 3, 1, 2).float()
     for size in [(13, 17), (40, 61), (61, 83), (90, 100)]:
         expected = torch.nn.functional.interpolate(as_float, size=size, mode="area").permute(0, 2, 3, 1)
-        torch.testing.assert_close(integral.pyramid_level(*size), expected, rtol=0, atol=1e-4)
+        torch.testing.assert_close(torch.from_numpy(integral.pyramid_level(*size)), expected, rtol=0, atol=1e-4)
     boxes = [(1, 0, 0, 83, 61), (0, 5, 7, 30, 20), (1, 40, 10, 49, 60), (0, 70, 50, 83, 61)]
-    image, x0, y0, x1, y1 = (torch.tensor(v) for v in zip(*boxes))
-    crops = integral.crops(image, x0, y0, x1, y1, 24)
+    image, x0, y0, x1, y1 = (np.array(v) for v in zip(*boxes))
+    crops = torch.from_numpy(integral.crops(image, x0, y0, x1, y1, 24))
     for crop, (i, a, b, c, d) in zip(crops, boxes):
         expected = torch.nn.functional.interpolate(as_float[i:i + 1, :, b:d, a:c], size=(24, 24), mode="area")
         torch.testing.assert_close(crop, expected[0].permute(1, 2, 0), rtol=0, atol=1e-4)

@@ -1,10 +1,17 @@
-"""MTCNN without torch: the three nets exported to ONNX and run by OpenCV, every step between them in numpy.
+"""The MTCNN cascade (Zhang et al. 2016) in numpy, and its nets exported to ONNX and run by OpenCV.
 
-Why: on CPU, importing torch costs more than detecting the faces of a short video. Each step
-is ``unmask.faces.mtcnn``'s (the torch detector, kept for GPUs), operation for operation in the
-same float32 arithmetic (numpy 2 keeps float32 with Python scalars, as torch does), so only the
-nets' own rounding differs: confidences and keypoints agree within 1e-4 (tests/faces).
-The nets are written by tools/export_onnx.py from the shipped safetensors.
+Every step between the three nets follows facenet-pytorch's ``detect_face`` (same weights, same
+image pyramid, same crops, same NMS variants), so our boxes match that widely used implementation
+(tests/faces). What differs is how the work is done: images of one size go through P-Net
+together at each scale, the R-Net and O-Net crops of all images form one batch each, and all
+resizing is "area" averaging read off integral images, which is exact (it equals torch's
+``F.interpolate(mode="area")``) and costs one pass over each image instead of one per pyramid
+level or per crop.
+
+Why ONNX on CPU: importing torch costs more than detecting the faces of a short video. The torch
+nets (``unmask.faces.mtcnn``, for GPUs) run in the same cascade, so only the nets' own rounding
+differs: detections agree within 1e-4 (tests/faces). tools/export_onnx.py writes the ONNX nets
+from the shipped safetensors.
 """
 from __future__ import annotations
 
@@ -184,22 +191,26 @@ def _normalise(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(((x - 127.5) * 0.0078125).transpose(0, 3, 1, 2))
 
 
-class OnnxMTCNN:
-    """The MTCNN cascade on CPU without torch; same settings and detections as ``unmask.faces.mtcnn.MTCNN``."""
+class Cascade:
+    """The MTCNN cascade, every step between the nets in numpy; ``_forward`` runs the nets
+    (exported ones here, torch's on a GPU in ``unmask.faces.mtcnn``), so both run one pipeline."""
 
     def __init__(self, min_face_size: int = 20, thresholds=(0.6, 0.7, 0.7), scale_factor: float = 0.709) -> None:
         check_settings(min_face_size, thresholds, scale_factor)
         self.min_face_size = min_face_size
         self.thresholds = tuple(float(t) for t in thresholds)
         self.scale_factor = scale_factor
-        self.nets = {name: OnnxNet(weights_dir() / f"{name}.onnx") for name in NETS}
+
+    def _forward(self, name: str, x: np.ndarray) -> list[np.ndarray]:
+        """Net ``name``'s ``OUTPUTS`` for a non-empty (n, 3, h, w) float32 batch."""
+        raise NotImplementedError
 
     def _run(self, name: str, x: np.ndarray) -> list[np.ndarray]:
-        """The net's outputs; an empty batch is not given to it (see ``OnnxNet``)."""
+        """The net's outputs; an empty batch is answered here, never given to a net."""
         if not len(x):
             shapes = {"reg": (0, 4), "marks": (0, 10), "prob": (0,)}
             return [np.zeros(shapes[o], np.float32) for o in OUTPUTS[name]]
-        return self.nets[name](OUTPUTS[name], x=x)
+        return self._forward(name, x)
 
     def _propose(self, integral: _Integral, image_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Stage 1 for same-size images: P-Net over the pyramid, NMS 0.5 per scale; rows
@@ -295,3 +306,14 @@ class OnnxMTCNN:
             boxes, ids, points, prob = boxes[keep], ids[keep], points[keep], prob[keep]
         return detections(len(images), boxes.astype(np.float64), points.astype(np.float32),
                           prob.astype(np.float64), ids)
+
+
+class OnnxMTCNN(Cascade):
+    """MTCNN on CPU without torch: the nets exported to ONNX, run by OpenCV."""
+
+    def __init__(self, min_face_size: int = 20, thresholds=(0.6, 0.7, 0.7), scale_factor: float = 0.709) -> None:
+        super().__init__(min_face_size, thresholds, scale_factor)
+        self.nets = {name: OnnxNet(weights_dir() / f"{name}.onnx") for name in NETS}
+
+    def _forward(self, name: str, x: np.ndarray) -> list[np.ndarray]:
+        return self.nets[name](OUTPUTS[name], x=x)

@@ -11,7 +11,16 @@ packaged default's verdicts on real videos from other sources (false alarms). ``
 runs the default model and the released nets alone under N fold assignments: on 74 videos one
 assignment's figures are partly luck, their paired difference much less so.
 
+``--methods`` (issue #16) scores every FF++ method per compression, the ImageNet-pretrained
+EfficientNet-Lite0 (fine-tuned on all methods, self-blends, photos and swaps) beside the current
+default on the same folds; ``--held-out`` leaves one method out (and trains on self-blends only);
+``--variants`` compares fine-tuning all blocks with the last 8; ``--build-fused DIR`` fits the
+Lite0 + motion candidate on everything and counts its false alarms on real-faces videos.
+
     python benchmarks/bench_cnn.py [--folds 5] [--generalisation | --repeat-cv 8]
+    python benchmarks/bench_cnn.py --methods --folds 3 --seeds 1
+    python benchmarks/bench_cnn.py --held-out --folds 2 --only-folds 1
+    python benchmarks/bench_cnn.py --variants --folds 3
 """
 from __future__ import annotations
 
@@ -480,6 +489,47 @@ def build_fused(data: Path, out: Path, folds: int = 3, seed: int = 1) -> Path:
     return out
 
 
+VARIANTS = {
+    "all blocks (+SBI, swaps, photos)": ({"trainable_blocks": None}, True),
+    "all blocks, FF++ faces only, no SBI": ({"trainable_blocks": None, "synth_ratio": 0.0}, False),
+}
+"""Fine-tuning variants measured against ``LITE0`` (last 8 blocks, with everything) on one fold."""
+
+
+def variants_table(data: Path, folds: int, seed: int = 1, number: int = 0) -> None:
+    """Fine-tune all blocks or the last 8, with or without the made fakes, on fold ``number`` of the
+    ``--methods`` folds (scored on its test videos; the last-8 run is the one ``--methods`` made)."""
+    store = all_methods_store(data)
+    _, swaps = photo_stores()
+    train_rows, test_rows = list(grouped_kfold(store.table, folds, seed))[number]
+    runs = {"last 8 blocks (+SBI, swaps, photos)": methods_cv(data, folds, [seed])["lite0"][0]}
+    for name, (params, extra) in VARIANTS.items():
+        path, scores = _scores_cache(f"variant-{name.split(' (')[0].replace(' ', '-').replace(',', '')}-"
+                                     f"{folds}-{seed}-{number}")
+        if "lite0" not in scores:
+            started = time.perf_counter()
+            lite0 = _lite0(params, seed=seed)
+            faces, labels, inputs = _training_arrays(store, train_rows, swaps if extra else None,
+                                                     _draw_extra(swaps, seed * 100 + number) if extra else [])
+            lite0.fit(faces, labels, **inputs)
+            scores["lite0"] = np.full(len(store), np.nan)
+            scores["lite0"][test_rows] = predict_fake(lite0, store, test_rows)
+            scores["fit_s"] = np.array(time.perf_counter() - started)
+            _save_scores(path, scores)
+            print(f"  {name}: {scores['fit_s']:.0f} s", flush=True)
+        runs[name] = scores["lite0"]
+    only = np.full(len(store), np.nan)
+    rows = []
+    for name, p in runs.items():
+        only[:] = np.nan
+        only[test_rows] = p[test_rows]
+        metrics = per_method_metrics(store.table, only)
+        rows.append([name, *(f"{r['video']['roc_auc']:.3f} / {r['frame']['roc_auc']:.3f}" for r in metrics.values())])
+    print(f"EfficientNet-Lite0 fine-tuning variants, fold {number} of the identity-grouped {folds}-fold "
+          f"assignment (seed {seed}), {LITE0['epochs']} epochs; video AUC / frame AUC on that fold's test videos")
+    print(markdown_table(["variant", *(f"{m} {c}" for m, c in metrics)], rows))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=SHARED_DATA / "ffpp-sample")
@@ -493,12 +543,16 @@ def main() -> None:
                         help="fold assignments for --methods (default: 1)")
     parser.add_argument("--build-fused", type=Path, metavar="DIR",
                         help="only: fit the Lite0 + motion candidate on everything into DIR, then its false alarms")
+    parser.add_argument("--variants", action="store_true",
+                        help="only: fine-tuning all blocks or the last 8, with or without made fakes, on one fold")
     parser.add_argument("--only-folds", type=int, metavar="N", help="--held-out: train and score only N folds")
     parser.add_argument("--held-out", action="store_true",
                         help="only: leave-one-method-out and self-blended-only, each method scored unseen")
     args = parser.parse_args()
     print(f"machine: {machine()}")
-    if args.build_fused:
+    if args.variants:
+        variants_table(args.data, args.folds)
+    elif args.build_fused:
         real_videos_elsewhere(build_fused(args.data, args.build_fused, args.folds))
     elif args.methods:
         methods_cv_table(args.data, args.folds, args.seeds)

@@ -28,6 +28,27 @@ def faceless_frames(count: int, width: int = 320, height: int = 240) -> list[np.
     return [np.broadcast_to(np.roll(ramp, i, axis=1), (height, width, 3)).copy() for i in range(count)]
 
 
+def flickering(frames: list[np.ndarray], seed: int) -> list[np.ndarray]:
+    """The face ellipse of every frame gets its own brightness and noise, feathered in: what a
+    face made anew for each frame leaves behind, while the head and background only move."""
+    import cv2
+
+    from unmask.faces.mtcnn_onnx import OnnxMTCNN
+
+    detector, rng, out = OnnxMTCNN(), np.random.default_rng(seed), []
+    for number, (frame, found) in enumerate(zip(frames, detector.detect(frames))):
+        face = max(found, key=lambda d: d.confidence)
+        (left_eye, right_eye, _, mouth_left, mouth_right) = face.keypoints
+        centre = (left_eye + right_eye + mouth_left + mouth_right) / 4
+        axes = (int(np.hypot(*(right_eye - left_eye))), int(np.hypot(*(mouth_left - left_eye))))
+        mask = np.zeros(frame.shape[:2], np.float32)
+        cv2.ellipse(mask, tuple(int(v) for v in centre), axes, 0, 0, 360, 1.0, -1)
+        mask = cv2.GaussianBlur(mask, (0, 0), 3)[..., None]
+        change = rng.normal(0, 6, frame.shape) + (10 if number % 2 else -10)
+        out.append(np.clip(frame + mask * change, 0, 255).astype(np.uint8))
+    return out
+
+
 @pytest.fixture(scope="session")
 def face_video(tmp_path_factory) -> Path:
     """200 frames (8 s at 25 fps) of the astronaut portrait drifting across the frame."""

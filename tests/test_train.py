@@ -138,7 +138,7 @@ def test_cnn_trains_saves_as_safetensors_and_reloads(store, tmp_path, capsys):
                        "--param", "input_size=32", "--param", "batch_size=16", "--split", "videos",
                        "--out", tmp_path / "m", "--json")
     assert code == 0
-    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["card.json", "model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["card.json", "model.onnx", "model.safetensors"]
     model = load_model(tmp_path / "m")
     card = json.loads((tmp_path / "m" / "card.json").read_text())
     assert card["kind"] == "torch" and card["estimator"]["params"]["epochs"] == 2
@@ -173,7 +173,7 @@ def test_cnn_trains_under_torchrun_and_rank_0_alone_writes(store, tmp_path):
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)  # one JSON document: only rank 0 spoke
     assert result["metrics"]["frame"]["n"] > 0
-    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["card.json", "model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["card.json", "model.onnx", "model.safetensors"]
     card = json.loads((tmp_path / "m" / "card.json").read_text())
     assert card["training"]["processes"] == 2
     probabilities = load_model(tmp_path / "m").fake_probability(store.faces[:4])

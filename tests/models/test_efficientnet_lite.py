@@ -78,7 +78,7 @@ def test_training_a_few_steps_lowers_the_loss_and_separates_an_easy_task():
 
 
 def test_balanced_weights_share_each_class_equally_among_its_methods():
-    from unmask.models.cnn import balanced_weights
+    from unmask.models.training import balanced_weights
 
     y = np.array([0] * 40 + [1] * 30 + [1] * 6)
     methods = np.array(["original"] * 40 + ["Deepfakes"] * 30 + ["NeuralTextures"] * 6)

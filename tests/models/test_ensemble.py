@@ -54,7 +54,7 @@ def test_saves_and_reloads_as_one_model_folder(ensemble, faces, tmp_path):
     card = {"estimator": {"name": "mesonet-ensemble", "params": ensemble.get_params(deep=False)},
             "input": {"size": 256, "margin": 0.3}}
     save_model(ensemble, tmp_path, card)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["card.json", "model.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["card.json", "model.onnx", "model.safetensors"]
     assert {name.split(".")[0] for name in ensemble.weights()} == {"0", "1"}
     loaded = load_model(tmp_path)
     assert isinstance(loaded.estimator, LogitEnsemble)

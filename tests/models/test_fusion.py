@@ -3,7 +3,7 @@ logistic regression. It learns which inputs tell fakes apart, round-trips throug
 refuses to run without motion features, and works end to end: prepare --motion, train, check.
 
 Data: random crops with made-up motion features for the estimator; for the end-to-end test,
-the astronaut clip and the same clip with a flicker painted into the face (``tests/test_motion``)."""
+the astronaut clip and the same clip with a flicker painted into the face (``tests/conftest.py``)."""
 from __future__ import annotations
 
 import json
@@ -21,8 +21,7 @@ from unmask.models.io import load_model, save_model
 from unmask.faces.motion import MOTION_FEATURES
 from unmask.video import write_video
 
-from conftest import face_frames
-from test_motion import flickering
+from conftest import face_frames, flickering
 
 CARD = {"title": "fusion", "estimator": {"name": "mesonet-motion", "params": {}},
         "input": {"size": 64, "margin": 0.3, "needs": ["motion"], "motion_features": list(MOTION_FEATURES),

@@ -15,52 +15,31 @@ the estimator works with the logit of P(fake).
 """
 from __future__ import annotations
 
-import itertools
-import json
 import os
-import sys
-import threading
-import time
 import warnings
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
-import torch.nn.functional as F
 from scipy.special import expit
 from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.metrics import roc_auc_score
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DistributedSampler
-from tqdm import tqdm
 
-from unmask.augment import Augmenter
 from unmask.config import resolve_device
 from unmask.util import torch_world
 from unmask.errors import UnmaskError
-from unmask.faces.crop import resize_square as _resize
 from unmask.models import MODELS
-from unmask.models.checkpoint import (
-    join_optimizer_state,
-    load_checkpoint,
-    save_checkpoint,
-    split_optimizer_state,
-)
+from unmask.models.batches import FaceBatches, chunks, prefetched
 from unmask.models.gradcam import grad_cam
 from unmask.models.nets.mesonet import FastMesoNet, Meso4, MesoInception4, load_released
 from unmask.models.nets.resnet_small import ResNetSmall
 from unmask.models.nets.efficientnet_lite import IMAGENET_MEAN, IMAGENET_STD, EfficientNetLite0, pretrained_lite0
+from unmask.models.training import TrainingLoop, amp_dtype, cpu_state
 from unmask.registry import Registry
 from unmask.splits import _group_split
-from unmask.synth import self_blend
 
 
 @dataclass(frozen=True)
@@ -139,118 +118,6 @@ def _check_faces(X: Any) -> np.ndarray:
     return X
 
 
-def _prefetched(make: Callable[[Any], Any], jobs: Iterable[Any], workers: int) -> Iterator[Any]:
-    """``make(job)`` for each job, in order, up to ``2 * workers`` computed ahead in threads.
-
-    OpenCV, PyAV and most numpy work release the GIL, so the next batches are cut, resized
-    and augmented while the network runs on the current one. Bounded, so memory stays at a
-    few batches however long the epoch.
-    """
-    if workers == 0:
-        yield from map(make, jobs)
-        return
-    jobs = iter(jobs)
-    with ThreadPoolExecutor(workers) as pool:
-        pending = deque(pool.submit(make, job) for job in itertools.islice(jobs, 2 * workers))
-        while pending:
-            result = pending.popleft().result()
-            pending.extend(pool.submit(make, job) for job in itertools.islice(jobs, 1))
-            yield result
-
-
-class _Batches:
-    """Cuts uint8 batches at the network's size out of the face array (one face at a time,
-    never a float copy of the whole array); for training also self-blends and augments.
-
-    Self-blending works on the crop as stored, as a real swap is made at video resolution
-    before anyone resizes it; augmentation works on the resized face, where it is 4x cheaper
-    than on a 320 px crop and its compression blocks have the scale the network sees.
-    All randomness of a training batch comes from ``(seed, epoch, batch)``, so a batch is
-    the same whichever thread makes it and whether or not the run was resumed.
-    """
-
-    _VALIDATION = 1_000_003  # seeds the fixed self-blends of validation faces, apart from epochs
-
-    def __init__(self, X: np.ndarray, y: np.ndarray | None, keypoints: np.ndarray | None, size: int,
-                 augment: bool = False, synth_ratio: float = 0.0, seed: int = 0):
-        self.X, self.y, self.keypoints, self.size = X, y, keypoints, size
-        self.augment, self.synth_ratio, self.seed = augment, synth_ratio, seed
-        self._local = threading.local()
-
-    def _augmenter(self) -> Augmenter:
-        """One per thread: an Augmenter caches H.264 encoders and is not thread-safe."""
-        if not hasattr(self._local, "augmenter"):
-            self._local.augmenter = Augmenter()
-        return self._local.augmenter
-
-    def _blend(self, i: int, face: np.ndarray, rng: np.random.Generator) -> np.ndarray | None:
-        """A self-blended fake of face ``i``, or None where its keypoints do not allow one."""
-        try:
-            return self_blend(face, self.keypoints[i], rng)[0]
-        except ValueError:  # missing or degenerate keypoints: the face stays real
-            return None
-
-    def inference(self, indices: np.ndarray) -> np.ndarray:
-        return np.stack([_resize(self.X[i], self.size) for i in indices])
-
-    def training(self, job: tuple[np.ndarray, int, int]) -> tuple[np.ndarray, np.ndarray, int]:
-        """(faces, labels, how many were turned into fakes) for batch ``number`` of ``epoch``."""
-        indices, epoch, number = job
-        rng = np.random.default_rng([self.seed, epoch, number])
-        faces, labels, blended = [], self.y[indices].astype(np.float32), 0
-        for k, i in enumerate(indices):
-            face = np.asarray(self.X[i])
-            if self.synth_ratio and labels[k] == 0 and rng.random() < self.synth_ratio:
-                fake = self._blend(i, face, rng)
-                if fake is not None:
-                    face, labels[k], blended = fake, 1.0, blended + 1
-            face = _resize(face, self.size)
-            faces.append(self._augmenter()(face, rng) if self.augment else face)
-        return np.stack(faces), labels, blended
-
-    def validation(self, job: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """(faces, labels); faces flagged ``as_fake`` are replaced by a fixed self-blend of themselves."""
-        indices, as_fake = job
-        faces, labels = [], self.y[indices].astype(np.float32)
-        for k, (i, fake) in enumerate(zip(indices, as_fake)):
-            face = np.asarray(self.X[i])
-            blended = self._blend(i, face, np.random.default_rng([self.seed, self._VALIDATION, i])) if fake else None
-            if blended is not None:
-                face, labels[k] = blended, 1.0
-            faces.append(_resize(face, self.size))
-        return np.stack(faces), labels
-
-
-def balanced_weights(y: np.ndarray, methods: np.ndarray | None, synth_ratio: float) -> tuple[np.ndarray, float]:
-    """Loss weights: (per face, as labelled; for a real face turned into a self-blend).
-
-    Each class weighs half of the total; within a class each method (the ``methods`` of its faces,
-    plus the self-blends as one more fake method when ``methods`` is given) weighs the same,
-    counting the expected number of self-blends; within a method each face weighs the same.
-    Without ``methods`` that is plain class balance, self-blends counted as fakes.
-    """
-    methods = np.full(len(y), "", dtype=object) if methods is None else np.asarray(methods, dtype=object)
-    blended = "self-blended" if (methods != "").any() else ""
-    cells = {(label, method): float(((y == label) & (methods == method)).sum()) * (1.0 - synth_ratio if label == 0
-                                                                                  else 1.0)
-             for label in (0, 1) for method in np.unique(methods[y == label])}
-    if synth_ratio:
-        cells[(1, blended)] = cells.get((1, blended), 0.0) + float((y == 0).sum()) * synth_ratio
-    per_class = {label: sum(1 for cell in cells if cell[0] == label) for label in (0, 1)}
-
-    def share(cell: tuple[int, str]) -> float:
-        return len(y) / (2.0 * per_class[cell[0]] * cells[cell])
-
-    weights = np.zeros(len(y))
-    for (label, method) in cells:
-        weights[(y == label) & (methods == method)] = share((label, method))
-    return weights, share((1, blended)) if synth_ratio else 0.0
-
-
-def _chunks(items: np.ndarray, size: int) -> list[np.ndarray]:
-    return [items[start:start + size] for start in range(0, len(items), size)]
-
-
 class LogitClassifierMixin(ClassifierMixin):
     """``predict_proba`` and ``predict`` of a detector whose ``decision_function`` is the logit of P(fake).
     Per-face inputs beside the crops (``motion=...``) are handed on to ``decision_function``."""
@@ -265,7 +132,7 @@ class LogitClassifierMixin(ClassifierMixin):
         return (self.decision_function(X, **per_face) > 0).astype(np.int64)
 
 
-class TorchFaceClassifier(LogitClassifierMixin, BaseEstimator):
+class TorchFaceClassifier(TrainingLoop, LogitClassifierMixin, BaseEstimator):
     """A CNN deepfake detector with the scikit-learn interface; ``classes_`` are [0 real, 1 fake].
 
     Parameters
@@ -441,146 +308,6 @@ class TorchFaceClassifier(LogitClassifierMixin, BaseEstimator):
             return int(self.num_workers)
         return min(8, os.cpu_count() or 1) if device.type == "cuda" else 1
 
-    def _fingerprint(self, X: np.ndarray, y: np.ndarray, synth_ratio: float) -> str:
-        """What a checkpoint must agree on to be resumed: every setting that changes the path of
-        training (not ``epochs``, which may grow) and the shape of the data."""
-        params = {k: v for k, v in self.get_params().items()
-                  if k not in ("epochs", "patience", "device", "checkpoint_dir", "progress", "num_workers")}
-        params.update(synth_ratio=synth_ratio, faces=list(X.shape), fakes=int(y.sum()), processes=torch_world()[1])
-        return json.dumps(params, sort_keys=True, default=str)
-
-    def _train(self, arch: Architecture, net: nn.Module, X: np.ndarray, y: np.ndarray,
-               keypoints: np.ndarray | None, synth_ratio: float, train: np.ndarray,
-               validation: tuple[np.ndarray, np.ndarray] | None,
-               methods: Iterable[str] | None = None) -> TorchFaceClassifier:
-        device = next(net.parameters()).device
-        rank, processes = torch_world()
-        # Under torchrun: one replica per process, gradients averaged across processes at each step.
-        model = net if processes == 1 else DistributedDataParallel(
-            net, device_ids=[device.index] if device.type == "cuda" else None)
-        lr = self.lr if self.lr is not None else (1e-3 if self.init == "scratch" else 1e-4)
-        optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=lr,
-                                      weight_decay=self.weight_decay)
-        amp_dtype = _amp_dtype(device)
-        scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
-        face_weight = np.zeros(len(y))
-        face_weight[train], blend_weight = balanced_weights(
-            y[train], None if methods is None else np.asarray(list(methods), dtype=str)[train], synth_ratio)
-        batches = _Batches(X, y, keypoints, self._size(arch), self.augment, synth_ratio, self.seed)
-        workers = self._workers(device)
-        state = {"epoch": 0, "history": [], "best_state": None, "best_auc": None, "best_epoch": None, "bad_epochs": 0}
-        fingerprint = self._fingerprint(X, y, synth_ratio)
-        checkpoint = None if self.checkpoint_dir is None else Path(self.checkpoint_dir) / "checkpoint.safetensors"
-        if checkpoint is not None and checkpoint.exists():
-            state = self._resume(checkpoint, fingerprint, net, optimizer, scaler)
-        share = len(DistributedSampler(train, num_replicas=processes, rank=rank, shuffle=False))
-        steps = -(-share // self.batch_size)
-        bar = tqdm(total=max(0, self.epochs - state["epoch"]) * steps, disable=not self.progress or rank != 0,
-                   file=sys.stderr, unit="batch", desc=self.arch, dynamic_ncols=True)
-        with bar:
-            for epoch in range(state["epoch"], self.epochs):
-                if validation is not None and state["bad_epochs"] >= self.patience:
-                    break
-                started = time.perf_counter()
-                order = np.random.default_rng([self.seed, epoch]).permutation(train)
-                # This process's share of the epoch (DistributedSampler pads it so every process
-                # takes as many steps); batch k of all processes together is order[k*B*P:(k+1)*B*P].
-                mine = order[list(DistributedSampler(order, num_replicas=processes, rank=rank, shuffle=False))]
-                jobs = [(chunk, epoch, number * processes + rank)
-                        for number, chunk in enumerate(_chunks(mine, self.batch_size))]
-                model.train()
-                total_loss, seen, blended = 0.0, 0, 0
-                for (chunk, _, _), (faces, labels, n_blended) in zip(jobs, _prefetched(batches.training, jobs,
-                                                                                        workers)):
-                    inputs = self._tensor(faces, arch, device)
-                    targets = torch.from_numpy(labels).to(device)
-                    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                        logits = arch.logit_sign * model(inputs).float()
-                    losses = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
-                    weight = np.where((labels == 1) & (y[chunk] == 0), blend_weight, face_weight[chunk])
-                    loss = (losses * torch.from_numpy(weight.astype(np.float32)).to(device)).mean()
-                    optimizer.zero_grad(set_to_none=True)
-                    scaler.scale(loss).backward()
-                    scaler.step(optimizer)
-                    scaler.update()
-                    total_loss += loss.item() * len(labels)
-                    seen += len(labels)
-                    blended += n_blended
-                    bar.update()
-                    bar.set_postfix(epoch=epoch + 1, loss=f"{total_loss / seen:.4f}", refresh=False)
-                if processes > 1:
-                    total_loss, seen, blended = _sum_over_processes((total_loss, seen, blended), device)
-                    for buffer in net.buffers():  # batch-norm statistics: rank 0's everywhere
-                        dist.broadcast(buffer, 0)
-                val_auc = None if validation is None else self._validate(net, arch, batches, validation, workers)
-                state["epoch"] = epoch + 1
-                state["history"].append({"epoch": epoch + 1, "loss": total_loss / seen, "val_auc": val_auc,
-                                         "faces": int(seen), "synth": int(blended), "processes": processes,
-                                         "seconds": round(time.perf_counter() - started, 3)})
-                if val_auc is not None:
-                    if state["best_auc"] is None or val_auc > state["best_auc"]:
-                        state.update(best_auc=val_auc, best_epoch=epoch + 1, bad_epochs=0,
-                                     best_state=_cpu_state(net))
-                    else:
-                        state["bad_epochs"] += 1
-                    bar.set_postfix(epoch=epoch + 1, loss=f"{total_loss / seen:.4f}", val_auc=f"{val_auc:.4f}")
-                if checkpoint is not None and rank == 0:
-                    self._save(checkpoint, fingerprint, net, optimizer, scaler, state)
-        if state["best_state"] is not None:
-            net.load_state_dict(state["best_state"])
-        return self._adopt(net, state["history"], state["best_epoch"], state["best_auc"])
-
-    def _validate(self, net: nn.Module, arch: Architecture, batches: _Batches,
-                  validation: tuple[np.ndarray, np.ndarray], workers: int) -> float:
-        rank, processes = torch_world()
-        indices, as_fake = validation
-        size = self.batch_size
-        # Each process scores its share; all then judge the same gathered scores, so all stop alike.
-        jobs = zip(_chunks(indices[rank::processes], size), _chunks(as_fake[rank::processes], size))
-        scores, labels = [np.empty(0, np.float32)], [np.empty(0, np.float32)]
-        net.eval()
-        device = next(net.parameters()).device
-        with torch.inference_mode():
-            for faces, batch_labels in _prefetched(batches.validation, jobs, workers):
-                scores.append(self._logits(net, arch, faces, device))
-                labels.append(batch_labels)
-        shares = [(np.concatenate(scores), np.concatenate(labels))]
-        if processes > 1:
-            mine, shares = shares[0], [None] * processes
-            dist.all_gather_object(shares, mine)
-        scores, labels = zip(*shares)
-        return float(roc_auc_score(np.concatenate(labels), np.concatenate(scores)))
-
-    def _save(self, path: Path, fingerprint: str, net: nn.Module, optimizer: torch.optim.Optimizer,
-              scaler: torch.amp.GradScaler, state: dict[str, Any]) -> None:
-        """Atomically: a crash mid-write leaves the previous epoch's checkpoint intact."""
-        moments, optimizer_rest = split_optimizer_state(optimizer.state_dict())
-        tensors = {"model": _cpu_state(net), "optimizer": moments, "rng": {"torch": torch.get_rng_state()}}
-        if torch.cuda.is_available():
-            tensors["rng"].update({f"cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
-        if state["best_state"] is not None:
-            tensors["best"] = state["best_state"]
-        rest = {k: v for k, v in state.items() if k != "best_state"}
-        save_checkpoint(path, tensors, {**rest, "fingerprint": fingerprint, "optimizer": optimizer_rest,
-                                        "scaler": scaler.state_dict()})
-
-    def _resume(self, path: Path, fingerprint: str, net: nn.Module, optimizer: torch.optim.Optimizer,
-                scaler: torch.amp.GradScaler) -> dict[str, Any]:
-        tensors, saved = load_checkpoint(path)
-        if saved.get("fingerprint") != fingerprint:
-            raise UnmaskError(f"{path} was written by a run with other settings or data; "
-                              "use another checkpoint directory or delete it to start over")
-        net.load_state_dict(tensors["model"])
-        optimizer.load_state_dict(join_optimizer_state(tensors.get("optimizer", {}), saved["optimizer"]))
-        scaler.load_state_dict(saved["scaler"])
-        rng = tensors["rng"]
-        torch.set_rng_state(rng["torch"])
-        cuda = [rng[f"cuda.{i}"] for i in range(len(rng) - 1)]
-        if cuda and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(cuda)
-        state = {k: saved[k] for k in ("epoch", "history", "best_auc", "best_epoch", "bad_epochs")}
-        return {**state, "best_state": tensors.get("best")}
-
     def _adopt(self, net: nn.Module, history: list[dict], best_epoch: int | None,
                val_auc: float | None) -> TorchFaceClassifier:
         self.net_ = net.eval()
@@ -606,8 +333,8 @@ class TorchFaceClassifier(LogitClassifierMixin, BaseEstimator):
         inputs = self._tensor(faces, arch, device)
         if arch.inference is not None:
             net = arch.inference(net)
-        amp_dtype = _amp_dtype(device)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        precision = amp_dtype(device)
+        with torch.autocast(device.type, dtype=precision, enabled=precision is not None):
             return (arch.logit_sign * net(inputs).float()).cpu().numpy()
 
     def _inference_batch(self, device: torch.device) -> int:
@@ -621,11 +348,11 @@ class TorchFaceClassifier(LogitClassifierMixin, BaseEstimator):
         X = _check_faces(X)
         arch = self._architecture()
         device = next(self.net_.parameters()).device
-        batches = _Batches(X, None, None, self._size(arch))
+        batches = FaceBatches(X, None, None, self._size(arch))
         self.net_.eval()
         out = []
         with torch.inference_mode():
-            for faces in _prefetched(batches.inference, _chunks(np.arange(len(X)), self._inference_batch(device)),
+            for faces in prefetched(batches.inference, chunks(np.arange(len(X)), self._inference_batch(device)),
                                      self._workers(device)):
                 out.append(self._logits(self.net_, arch, faces, device))
         return np.concatenate(out).astype(np.float32)
@@ -638,9 +365,9 @@ class TorchFaceClassifier(LogitClassifierMixin, BaseEstimator):
         X = _check_faces(X)
         arch = self._architecture()
         device = next(self.net_.parameters()).device
-        batches = _Batches(X, None, None, self._size(arch))
+        batches = FaceBatches(X, None, None, self._size(arch))
         inputs = (self._tensor(batches.inference(indices), arch, device)
-                  for indices in _chunks(np.arange(len(X)), self._inference_batch(device)))
+                  for indices in chunks(np.arange(len(X)), self._inference_batch(device)))
         return grad_cam(self.net_, layer or arch.cam_layer, inputs, arch.logit_sign, X.shape[1:3])
 
     # ----- weights -----
@@ -649,7 +376,7 @@ class TorchFaceClassifier(LogitClassifierMixin, BaseEstimator):
         """The network's state (parameters and batch-norm statistics) as contiguous CPU tensors,
         ready for ``safetensors.torch.save_file``."""
         check_is_fitted(self, "net_")
-        return _cpu_state(self.net_)
+        return cpu_state(self.net_)
 
     def load_weights(self, state: dict[str, torch.Tensor]) -> TorchFaceClassifier:
         """Make this estimator the network in ``state`` (from ``weights()``), ready to predict
@@ -662,25 +389,6 @@ class TorchFaceClassifier(LogitClassifierMixin, BaseEstimator):
             raise UnmaskError(f"these weights are not a {self.arch} network: {error}") from None
         device = torch.device(resolve_device(self.device))
         return self._adopt(net.to(device, memory_format=torch.channels_last), [], None, None)
-
-
-def _amp_dtype(device: torch.device) -> torch.dtype | None:
-    """Mixed precision on CUDA only (bf16 where the GPU has it). On this CPU bf16 ran MesoInception-4
-    1.6x faster but moved its logits by up to 0.4: too far from the released model."""
-    if device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
-def _sum_over_processes(values: tuple[float, ...], device: torch.device) -> tuple[float, ...]:
-    totals = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(totals)
-    return tuple(totals.tolist())
-
-
-def _cpu_state(net: nn.Module) -> dict[str, torch.Tensor]:
-    """Independent contiguous CPU copies: later training must not change a saved state."""
-    return {name: tensor.detach().to("cpu", copy=True).contiguous() for name, tensor in net.state_dict().items()}
 
 
 def images_only(features: Any) -> None:

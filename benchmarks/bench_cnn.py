@@ -14,8 +14,7 @@ assignment's figures are partly luck, their paired difference much less so.
 ``--methods`` (issue #16) scores every FF++ method per compression, the ImageNet-pretrained
 EfficientNet-Lite0 (fine-tuned on all methods, self-blends, photos and swaps) beside the current
 default on the same folds; ``--held-out`` leaves one method out (and trains on self-blends only);
-``--variants`` compares fine-tuning all blocks with the last 8; ``--build-fused DIR`` fits the
-Lite0 + motion candidate on everything and counts its false alarms on real-faces videos.
+``--variants`` compares fine-tuning all blocks with the last 8.
 
     python benchmarks/bench_cnn.py [--folds 5] [--generalisation | --repeat-cv 8]
     python benchmarks/bench_cnn.py --methods --folds 3 --seeds 1
@@ -38,7 +37,6 @@ from unmask.datasets import VIDEO_SUFFIXES, open_dataset, real_sources
 from unmask.distributed import cluster_runner
 from unmask.evaluate import evaluate_scores
 from unmask.models import per_face_inputs
-from unmask.models.io import save_model
 from unmask.faces.face_pass import FacePass
 from unmask.prepare import prepare_dataset
 from unmask.store import FaceStore
@@ -217,11 +215,11 @@ def generalisation_tables(data: Path) -> None:
     real_videos_elsewhere()
 
 
-def real_videos_elsewhere(model: Path | None = None) -> None:
-    """The packaged default's (or ``model``'s) verdicts, through ``Checker`` as ``unmask check`` gives them, on real
+def real_videos_elsewhere() -> None:
+    """The packaged default's verdicts, through ``Checker`` as ``unmask check`` gives them, on real
     talking-head videos from other sources than FF++: none of them trained or chose the model,
     so every FAKE is a false alarm measured outside the data the design was tuned on."""
-    checker = Checker(model)  # None: the packaged default; default settings
+    checker = Checker()  # the packaged default, default settings
     by_source: dict[str, list[float | None]] = {}  # None: no verdict (no face found, unreadable)
     for video in real_sources(require(SHARED_DATA / "real-faces")):
         if video.path.suffix.lower() in VIDEO_SUFFIXES:
@@ -456,39 +454,6 @@ def held_out_methods(data: Path, folds: int, seed: int = 1, only_folds: int | No
     print(markdown_table(["trained on", "scored on", "video AUC", "frame AUC", "videos"], rows))
 
 
-FUSED = {"archs": ["efficientnet-lite0"], "member_params": LITE0, "cnn_weight": 1.0}
-"""The fused candidate as one model: fine-tuned Lite0's logit plus the motion regression's."""
-
-
-def build_fused(data: Path, out: Path, folds: int = 3, seed: int = 1) -> Path:
-    """Fit the fused candidate on every FF++ face plus photos and swaps, with the threshold chosen on
-    its out-of-fold video scores from ``methods_cv`` (identity-grouped; Youden's J, which weighs both
-    classes alike), and save it with a card holding the per-method figures."""
-    from unmask.evaluate import choose_threshold, video_scores
-    from unmask.train import _card
-
-    store = all_methods_store(data)
-    _, swaps = photo_stores()
-    oof = methods_cv(data, folds, [seed])["lite0+motion"][0]
-    _, scores, labels = video_scores(oof, store.table["video"], store.table["label"], "mean")
-    threshold = choose_threshold(labels, scores)
-    rows = np.arange(len(store))
-    faces, y, inputs = _training_arrays(store, rows, swaps, _draw_extra(swaps, seed))
-    motion = np.concatenate([store.motion(rows), np.full((len(y) - len(rows), store.motion(rows[:1]).shape[1]),
-                                                         np.nan, np.float32)])
-    options = TrainOptions(model="mesonet-motion", params=FUSED, seed=seed, split="cv", folds=folds,
-                           title="EfficientNet-Lite0 (ImageNet, fine-tuned on all FF++ methods + self-blended "
-                                 "and swapped fakes) + motion residual features: log-odds added")
-    estimator = build_estimator(options).fit(faces, y, motion=motion, **inputs)
-    card = _card(estimator, store, options, rows, np.array([], int), None, threshold, None, None, {})
-    card["per_method_cv"] = {f"{m} {c}": {"video_roc_auc": r["video"]["roc_auc"], "frame_roc_auc": r["frame"]["roc_auc"]}
-                             for (m, c), r in per_method_metrics(store.table, oof).items()}
-    card["threshold_from"] = (f"out-of-fold video scores, identity-grouped {folds}-fold CV (seed {seed}), Youden's J")
-    card["training"]["extra"] = f"{EXTRA_PHOTOS} real-faces photos + {EXTRA_PHOTOS} swaps made from photos"
-    save_model(estimator, out, card)
-    return out
-
-
 VARIANTS = {
     "all blocks (+SBI, swaps, photos)": ({"trainable_blocks": None}, True),
     "all blocks, FF++ faces only, no SBI": ({"trainable_blocks": None, "synth_ratio": 0.0}, False),
@@ -541,8 +506,6 @@ def main() -> None:
                         help="only: every method, per method and compression, candidates on the same folds")
     parser.add_argument("--seeds", type=lambda text: [int(s) for s in text.split(",")], default=[1],
                         help="fold assignments for --methods (default: 1)")
-    parser.add_argument("--build-fused", type=Path, metavar="DIR",
-                        help="only: fit the Lite0 + motion candidate on everything into DIR, then its false alarms")
     parser.add_argument("--variants", action="store_true",
                         help="only: fine-tuning all blocks or the last 8, with or without made fakes, on one fold")
     parser.add_argument("--only-folds", type=int, metavar="N", help="--held-out: train and score only N folds")
@@ -552,8 +515,6 @@ def main() -> None:
     print(f"machine: {machine()}")
     if args.variants:
         variants_table(args.data, args.folds)
-    elif args.build_fused:
-        real_videos_elsewhere(build_fused(args.data, args.build_fused, args.folds))
     elif args.methods:
         methods_cv_table(args.data, args.folds, args.seeds)
     elif args.held_out:

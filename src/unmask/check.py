@@ -11,6 +11,7 @@ given how many faces it saw.
 """
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections import deque
@@ -95,9 +96,10 @@ def certainty(p_fake: float, threshold: float, faces: int | None = None) -> str:
     room = (1.0 - threshold) if p_fake > threshold else threshold
     margin = abs(p_fake - threshold) / room if room > 0 else 1.0
     word = "very sure" if margin > 0.6 else "fairly sure" if margin > 0.3 else "unsure"
-    for level in ("very sure", "fairly sure"):
-        if word == level and faces is not None and faces < SURE_FACES[level]:
-            word = "fairly sure" if level == "very sure" else "unsure"
+    if faces is not None:
+        allowed = [level for level, fewest in SURE_FACES.items() if faces >= fewest]
+        if word not in allowed and word != "unsure":
+            word = allowed[0] if allowed else "unsure"
     return word
 
 
@@ -204,14 +206,12 @@ class Checker:
         checks hold frames at once."""
         with ThreadPoolExecutor(ahead + 1, thread_name_prefix="unmask-check") as pool:
             pending: deque[tuple[Path, Future[CheckResult]]] = deque()
-            for path in paths:
-                pending.append((path, pool.submit(self.check, path)))
-                if len(pending) > ahead:
+            for path in itertools.chain(paths, [None]):  # None: nothing more to submit, empty the queue
+                if path is not None:
+                    pending.append((path, pool.submit(self.check, path)))
+                while pending and (len(pending) > ahead or path is None):
                     done, future = pending.popleft()
                     yield done, future.result()
-            while pending:
-                done, future = pending.popleft()
-                yield done, future.result()
 
     def _check(self, path: Path, result: CheckResult) -> None:
         found = self.faces.run(path, self.settings.frame_indices)

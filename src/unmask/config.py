@@ -204,8 +204,8 @@ class CheckSettings:
 
 
 CHECK_MEMORY_MB = 700
-"""The most one check holds beyond the loaded models, with frames bounded to 1920 px: measured
-at 670 MB on an 8K video, 270 MB at 1080p (``benchmarks/bench_memory.py``)."""
+"""The most one check holds beyond the loaded models, with frames bounded to 1920 px; an 8K video,
+the worst case, stays under it (``benchmarks/bench_memory.py``, README "Safety and limits")."""
 
 
 @dataclass(frozen=True)

@@ -88,6 +88,10 @@ def test_photos_and_broken_files(tmp_path, broken_files):
     cv2.imwrite(str(photo), cv2.cvtColor(astronaut(), cv2.COLOR_RGB2BGR))
     found = FacePass(FaceDetection(size=64), MOTION_ON).run(photo, [0])
     assert found.photo and len(found.faces) == 1 and np.isnan(found.faces[0].motion).all()
+    # a photo larger than the bound is scaled like a video frame; its box stays in the photo's own pixels
+    small = FacePass(FaceDetection(size=64, max_side=400)).run(photo, [0])
+    assert len(small.faces) == 1
+    np.testing.assert_allclose(small.faces[0].box, found.faces[0].box, atol=8.0)
     for kind in ("empty", "text", "garbage"):
         with pytest.raises(VideoError):
             FacePass(FaceDetection(size=64)).run(broken_files[kind], [0])

@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from unmask.config import FaceDetection, MotionSampling
@@ -27,12 +28,12 @@ from unmask.faces.crop import crop_box, crop_face
 from unmask.faces.detectors import Detection, FaceDetector, create_detector
 from unmask.faces.motion import motion_features, wanted_frames
 from unmask.faces.tracks import link_tracks
-from unmask.video import VideoInfo, stream_frames
+from unmask.video import VideoInfo, fitted_size, stream_frames
 
 BATCH_PIXELS = 8 * 1280 * 720
-"""Pixels of sampled frames detected together: eight 720p frames (the detector's batching pays,
-measured 5% faster than four), fewer larger ones, so frames held with their neighbours and the
-detector's working memory stay bounded (``benchmarks/bench_memory.py``)."""
+"""Pixels of sampled frames detected together: eight 720p frames (large enough for the detector's
+batching to pay), fewer larger ones, so frames held with their neighbours and the detector's
+working memory stay bounded (``benchmarks/bench_memory.py``)."""
 
 
 @dataclass
@@ -113,7 +114,11 @@ class FacePass:
         started = time.perf_counter()
         if is_photo(path):
             info, frames = read_photo(Path(path))
-            stream, scale, offsets = iter(frames), 1.0, ()
+            width, height = fitted_size(info.width, info.height, self.detection.max_side)
+            scale = width / info.width  # a large photo is bounded like a video frame
+            if scale != 1.0:
+                frames = [(0, cv2.resize(frames[0][1], (width, height), interpolation=cv2.INTER_AREA))]
+            stream, offsets = iter(frames), ()
             sampled_frames = [0]
         else:
             frame_list: list[int] = []

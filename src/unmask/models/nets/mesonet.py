@@ -88,7 +88,16 @@ class _Head(nn.Sequential):
         self.fc2 = nn.Linear(16, 1)
 
 
-class Meso4(nn.Module):
+class _MesoNet(nn.Module):
+    """Four blocks and the dense head; the two networks differ in their first two blocks."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logit of P(real), shape (N,), for an (N, 3, 256, 256) batch in [0, 1]."""
+        x = self.block4(self.block3(self.block2(self.block1(x))))
+        return self.head(x).squeeze(1)
+
+
+class Meso4(_MesoNet):
     """Meso-4: four conv blocks (8, 8, 16, 16 channels) and a small dense head; ~28k parameters."""
 
     def __init__(self):
@@ -99,13 +108,8 @@ class Meso4(nn.Module):
         self.block4 = _ConvBlock(16, 16, 5, pool=4)
         self.head = _Head()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logit of P(real), shape (N,), for an (N, 3, 256, 256) batch in [0, 1]."""
-        x = self.block4(self.block3(self.block2(self.block1(x))))
-        return self.head(x).squeeze(1)
 
-
-class MesoInception4(nn.Module):
+class MesoInception4(_MesoNet):
     """MesoInception-4: two inception blocks (11, 12 channels), two 5x5 conv blocks, dense head."""
 
     def __init__(self):
@@ -115,11 +119,6 @@ class MesoInception4(nn.Module):
         self.block3 = _ConvBlock(12, 16, 5, pool=2)
         self.block4 = _ConvBlock(16, 16, 5, pool=4)
         self.head = _Head()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logit of P(real), shape (N,), for an (N, 3, 256, 256) batch in [0, 1]."""
-        x = self.block4(self.block3(self.block2(self.block1(x))))
-        return self.head(x).squeeze(1)
 
 
 _ARCHITECTURES: dict[str, type[nn.Module]] = {"meso4": Meso4, "mesoinception4": MesoInception4}

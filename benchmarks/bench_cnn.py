@@ -11,38 +11,46 @@ packaged default's verdicts on real videos from other sources (false alarms). ``
 runs the default model and the released nets alone under N fold assignments: on 74 videos one
 assignment's figures are partly luck, their paired difference much less so.
 
-``--methods`` (issue #16) scores every FF++ method per compression, the ImageNet-pretrained
-EfficientNet-Lite0 (fine-tuned on all methods, self-blends, photos and swaps) beside the current
-default on the same folds; ``--held-out`` leaves one method out (and trains on self-blends only);
-``--variants`` compares fine-tuning all blocks with the last 8.
+``--methods`` (issue #16) scores every FF++ method per compression: the every-method candidate
+``lite0-motion`` (ImageNet-pretrained EfficientNet-Lite0 fine-tuned on all methods, plus the motion
+regression), each of its two parts alone, and the current default, on the same folds, under several
+fold assignments; ``--held-out`` leaves one method out (and trains on self-blends only);
+``--variants`` compares the recipe with fine-tuning the last 8 blocks and with adding made fakes;
+``--false-alarms DIR...`` checks the real-faces videos with those model folders.
 
     python benchmarks/bench_cnn.py [--folds 5] [--generalisation | --repeat-cv 8]
-    python benchmarks/bench_cnn.py --methods --folds 3 --seeds 1
+    python benchmarks/bench_cnn.py --methods --folds 5 --seeds 1,2
     python benchmarks/bench_cnn.py --held-out --folds 2 --only-folds 1
-    python benchmarks/bench_cnn.py --variants --folds 3
+    python benchmarks/bench_cnn.py --variants --folds 5
+    python benchmarks/bench_cnn.py --false-alarms src/unmask/models/default
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy.special import expit, logit
 
 from common import REPO, SHARED_DATA, machine, markdown_table, median, require
 from unmask.check import Checker
 from unmask.config import MOTION_ON, FaceDetection, FrameSampling, MotionSampling, PrepareConfig, preset
 from unmask.datasets import VIDEO_SUFFIXES, open_dataset, real_sources
 from unmask.distributed import cluster_runner
-from unmask.evaluate import evaluate_scores
-from unmask.models import per_face_inputs
+from unmask.evaluate import evaluate_scores, per_method_metrics
+from unmask.models import create_model, per_face_inputs
+from unmask.models.fusion import LITE0_RECIPE
 from unmask.faces.face_pass import FacePass
 from unmask.prepare import prepare_dataset
 from unmask.store import FaceStore
 from unmask.synth import synthesize_store
 from unmask.splits import grouped_kfold
-from unmask.train import TrainOptions, build_estimator, cross_validate, fit_estimator, predict_fake
+from unmask.train import TrainOptions, _faces, build_estimator, cross_validate, fit_estimator, predict_fake
+from unmask.util import atomic_path
 
 CACHE = REPO / "benchmarks" / ".cache"
 CNN_CROPS = PrepareConfig(faces=FaceDetection(margin=0.3, size=256), motion=MOTION_ON)
@@ -215,11 +223,12 @@ def generalisation_tables(data: Path) -> None:
     real_videos_elsewhere()
 
 
-def real_videos_elsewhere() -> None:
-    """The packaged default's verdicts, through ``Checker`` as ``unmask check`` gives them, on real
-    talking-head videos from other sources than FF++: none of them trained or chose the model,
-    so every FAKE is a false alarm measured outside the data the design was tuned on."""
-    checker = Checker()  # the packaged default, default settings
+def real_videos_elsewhere(model: Path | None = None) -> None:
+    """A model's verdicts (the packaged default unless ``model`` is given), through ``Checker`` as
+    ``unmask check`` gives them, on real talking-head videos from other sources than FF++: none of
+    them trained or chose the model, so every FAKE is a false alarm measured outside the data the
+    design was tuned on."""
+    checker = Checker(model)  # default settings
     by_source: dict[str, list[float | None]] = {}  # None: no verdict (no face found, unreadable)
     for video in real_sources(require(SHARED_DATA / "real-faces")):
         if video.path.suffix.lower() in VIDEO_SUFFIXES:
@@ -227,9 +236,12 @@ def real_videos_elsewhere() -> None:
     rows = []
     for source, scores in by_source.items():
         judged = [p for p in scores if p is not None]
-        rows.append([source, len(scores), len(scores) - len(judged), sum(p >= checker.model.threshold for p in judged),
+        rows.append([source, len(scores), len(scores) - len(judged), sum(p > checker.model.threshold for p in judged),
                      f"{median(judged):.2f}", f"{max(judged):.2f}"])
-    print(f"packaged default model ({checker.model.name}) on real videos from elsewhere (real-faces/)")
+    alarms = sum(row[3] for row in rows)
+    print(f"{'packaged default' if model is None else model} ({checker.model.name}, threshold "
+          f"{checker.model.threshold:.3f}) on real videos from elsewhere (real-faces/): {alarms} false alarm(s) in "
+          f"{sum(row[1] for row in rows)}")
     print(markdown_table(["source", "videos", "no verdict", "called FAKE", "median P(fake)", "highest P(fake)"], rows))
 
 
@@ -252,12 +264,13 @@ def _real_faces_store() -> FaceStore:
 METHODS = ("Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures")
 ALL_CROPS = PrepareConfig(frames=FrameSampling(step=18, max_frames=16), faces=CNN_CROPS.faces, motion=MOTION_ON)
 """16 frames a video (1 in 18, so all fit in the shortest c23 video), each with its motion features."""
-LITE0 = {"init": "imagenet", "epochs": 2, "lr": 3e-4, "batch_size": 32, "synth_ratio": 0.3, "patience": 2,
-         "trainable_blocks": 8}
-"""Fine-tuning EfficientNet-Lite0: its last 8 of 16 blocks (3x faster to train than all, measured), 2 epochs
-(what 2 shared CPU cores allowed for every table in one session)."""
+CANDIDATE = "lite0-motion"
+"""The every-method candidate: EfficientNet-Lite0 fine-tuned as ``LITE0_RECIPE`` says, plus the motion regression."""
+RECIPE = hashlib.sha1(json.dumps(create_model(CANDIDATE).get_params(), sort_keys=True, default=str).encode()
+                      ).hexdigest()[:8]
+"""Names the score caches, so that a changed recipe is measured again instead of read back."""
 EXTRA_PHOTOS = 300
-"""Real photos (and as many swaps made from them) added to each training set, drawn per fold."""
+"""Real photos (and as many swaps made from them) added to a training set where made fakes are asked for."""
 
 
 def all_methods_store(data: Path) -> FaceStore:
@@ -286,7 +299,6 @@ def photo_stores() -> tuple[FaceStore, FaceStore]:
 def _training_arrays(store: FaceStore, rows: np.ndarray, extra: FaceStore | None, extra_rows: np.ndarray):
     """Faces, labels and per-face inputs of FF++ rows plus extra (photo) rows, for ``TorchFaceClassifier.fit``."""
     from unmask.splits import identity_groups
-    from unmask.train import _faces
 
     parts = [(store, rows)] + ([(extra, extra_rows)] if extra is not None and len(extra_rows) else [])
     tables = [s.table.iloc[r] for s, r in parts]
@@ -305,74 +317,69 @@ def _draw_extra(swaps: FaceStore, seed: int, reals_only: bool = False) -> np.nda
     return np.sort(np.concatenate(pick))
 
 
-def _lite0(params: dict | None = None, seed: int = 42):
-    return build_estimator(TrainOptions(model="efficientnet-lite0", params={**LITE0, **(params or {})}, seed=seed))
-
-
-def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(np.asarray(p, dtype=float), 1e-6, 1 - 1e-6)
-    return np.log(p / (1 - p))
+def _backbone(params: dict | None = None, seed: int = 42):
+    """The candidate's EfficientNet-Lite0 alone, trained as in the candidate, with ``params`` changed."""
+    return build_estimator(TrainOptions(model="efficientnet-lite0", params={**LITE0_RECIPE, **(params or {})},
+                                        seed=seed))
 
 
 def _scores_cache(name: str) -> tuple[Path, dict[str, np.ndarray]]:
     """Out-of-fold scores saved after every fold: a long run that is stopped resumes where it was."""
-    path = CACHE / "scores" / f"{name}.npz"
+    path = CACHE / "scores" / f"{name}-{RECIPE}.npz"
     return path, (dict(np.load(path)) if path.exists() else {})
 
 
 def _save_scores(path: Path, scores: dict[str, np.ndarray]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, **scores)
+    with atomic_path(path) as tmp, open(tmp, "wb") as file:
+        np.savez(file, **scores)
 
 
-def per_method_metrics(table: pd.DataFrame, p_fake: np.ndarray, methods=METHODS) -> dict[tuple[str, str], dict]:
-    """(method, compression) -> evaluate_scores of that method's fakes against the originals of the
-    same compression (rows without a score left out)."""
-    out = {}
-    scored = np.isfinite(p_fake)
-    for method in methods:
-        for compression in ("c23", "c40"):
-            rows = scored & (table["compression"].to_numpy() == compression) & (
-                (table["label"].to_numpy() == 0) | (table["method"].to_numpy() == method))
-            if (table["label"].to_numpy()[rows] == 1).any() and (table["label"].to_numpy()[rows] == 0).any():
-                out[(method, compression)] = evaluate_scores(table.iloc[np.flatnonzero(rows)], p_fake[rows])
-    return out
+METHODS_CV_NAMES = {"candidate": f"{CANDIDATE}: Lite0 and motion, weighed on held-out identities",
+                    "added": "Lite0 + motion, log-odds added (nothing fitted on top)",
+                    "either": "Lite0 or motion, whichever is surer of a fake (max of the two log-odds)",
+                    "lite0": "its EfficientNet-Lite0 alone (fine-tuned, all methods)",
+                    "motion": "motion features alone, logistic regression",
+                    "default": "current default: released Meso-4 + motion, logistic regression"}
 
 
 def methods_cv(data: Path, folds: int, seeds: list[int]) -> dict[str, list[np.ndarray]]:
     """Identity-grouped k-fold on all methods, under each fold assignment in ``seeds``: out-of-fold
-    scores of every candidate, on the same folds. Lite0 trains on the fold's FF++ faces (all methods,
-    balanced per method and class), self-blends of its real faces and extra photos, and swaps."""
+    P(fake) of the candidate, of its backbone alone, of the motion regression alone, of the two with
+    their log-odds added, and of the current default, all on the same folds."""
     store = all_methods_store(data)
-    _, swaps = photo_stores()
-    names = ("lite0", "default", "motion")
-    by_seed = {name: [] for name in (*names, "lite0+motion")}
+    by_seed: dict[str, list[np.ndarray]] = {name: [] for name in METHODS_CV_NAMES}
     for seed in seeds:
         path, scores = _scores_cache(f"methods-cv-{folds}-{seed}")
         for number, (train_rows, test_rows) in enumerate(grouped_kfold(store.table, folds, seed)):
             if f"done{number}" in scores:
                 continue
             started = time.perf_counter()
-            for name in names:
+            for name in METHODS_CV_NAMES:
                 scores.setdefault(name, np.full(len(store), np.nan))
-            lite0 = _lite0(seed=seed)
-            faces, labels, extra = _training_arrays(store, train_rows, swaps, _draw_extra(swaps, seed * 100 + number))
-            lite0.fit(faces, labels, **extra)
-            del faces
-            scores["lite0"][test_rows] = predict_fake(lite0, store, test_rows)
-            for name, options in (("default", CANDIDATES[DEFAULT]), ("motion", CANDIDATES[
-                    "motion features alone, logistic regression"])):
-                estimator = fit_estimator(build_estimator(TrainOptions(model=options.model, params=options.params,
-                                                                       seed=seed)), store, train_rows)
+            fitted = {name: fit_estimator(build_estimator(options), store, train_rows) for name, options in (
+                ("candidate", TrainOptions(model=CANDIDATE, seed=seed)),
+                ("motion", TrainOptions(model="mesonet-motion", params={"archs": []}, seed=seed)),
+                ("default", TrainOptions(model=CANDIDATES[DEFAULT].model, params=CANDIDATES[DEFAULT].params,
+                                         seed=seed)))}
+            for name, estimator in fitted.items():
                 scores[name][test_rows] = predict_fake(estimator, store, test_rows)
+            backbone = fitted["candidate"].cnn_.decision_function(_faces(store, test_rows))
+            scores["lite0"][test_rows] = expit(backbone)
+            motion = fitted["motion"].decision_function(_faces(store, test_rows), store.motion(test_rows))
+            scores["added"][test_rows] = expit(backbone + motion)
+            scores["either"][test_rows] = expit(np.maximum(backbone, motion))
+            member = fitted["candidate"].cnn_.members_[0]
             scores[f"done{number}"] = np.array(time.perf_counter() - started)
             _save_scores(path, scores)
-            print(f"  seed {seed} fold {number}: {scores[f'done{number}']:.0f} s, Lite0 best epoch "
-                  f"{lite0.best_epoch_} (val AUC {lite0.val_auc_})", flush=True)
-        for name in names:
+            weights = fitted["candidate"].weighting()
+            print(f"  seed {seed} fold {number}: {scores[f'done{number}']:.0f} s, Lite0 kept epoch "
+                  f"{member.best_epoch_} (identity-grouped validation AUC {member.val_auc_:.3f}), its logit "
+                  f"weighed {weights['cnn_logit']:.2f}", flush=True)
+        if "either" not in scores:  # a cache written before the rule was measured: it is a function of two parts
+            scores["either"] = expit(np.maximum(logit(scores["lite0"]), logit(scores["motion"])))
+        for name in METHODS_CV_NAMES:
             by_seed[name].append(scores[name])
-        # Product of experts: the backbone's and the motion model's log-odds added, nothing fitted.
-        by_seed["lite0+motion"].append(1 / (1 + np.exp(-(_logit(scores["lite0"]) + _logit(scores["motion"])))))
     return by_seed
 
 
@@ -387,34 +394,30 @@ def methods_cv_table(data: Path, folds: int, seeds: list[int]) -> None:
     store = all_methods_store(data)
     table = store.table
     by_seed = methods_cv(data, folds, seeds)
-    labels = {"default": "current default: released Meso-4 + motion, logistic regression",
-              "motion": "motion features alone, logistic regression",
-              "lite0": "EfficientNet-Lite0 fine-tuned (all methods + SBI + swaps)",
-              "lite0+motion": "Lite0 + motion (log-odds added)"}
     print(f"data: FF++ sample, all methods + originals, c23 + c40, 16 frames a video: {len(table)} faces, "
           f"{table['video'].nunique()} videos; identity-grouped {folds}-fold CV under {len(seeds)} fold "
           f"assignment(s) (seeds {seeds}); AUCs of the out-of-fold scores pooled over the folds, each method's "
           "fakes against the originals of the same compression; mean ± std over assignments")
-    cells = [(m, c) for m in METHODS for c in ("c23", "c40") if (m, c) in per_method_metrics(table, by_seed[
-        "default"][0])]
+    cells = list(per_method_metrics(table, by_seed["default"][0]))
     rows = []
     for name, runs in by_seed.items():
         metrics = [per_method_metrics(table, run) for run in runs]
         video = {cell: [m[cell]["video"]["roc_auc"] for m in metrics] for cell in cells}
         frame = {cell: [m[cell]["frame"]["roc_auc"] for m in metrics] for cell in cells}
         worst = [min(m[cell]["video"]["roc_auc"] for cell in cells) for m in metrics]
-        rows.append([labels[name], *(f"{_cell(video[cell])} / {_cell(frame[cell])}" for cell in cells), _cell(worst)])
-    print(markdown_table(["model (video AUC / frame AUC)", *(f"{m} {c}" for m, c in cells), "worst video AUC"], rows))
-    videos = [int(table[(table["compression"] == c) & ((table["label"] == 0) | (table["method"] == m))]["video"]
-                  .nunique()) for m, c in cells]
-    print("videos scored per column (fakes + originals): " + ", ".join(f"{m} {c} {n}" for (m, c), n in
-                                                                       zip(cells, videos)))
+        rows.append([METHODS_CV_NAMES[name], *(f"{_cell(video[cell])} / {_cell(frame[cell])}" for cell in cells),
+                     _cell(worst)])
+    print(markdown_table(["model (video AUC / frame AUC)", *cells, "worst video AUC"], rows))
+    videos = per_method_metrics(table, by_seed["default"][0])
+    print("videos scored per column (fakes + originals): " + ", ".join(f"{cell} {videos[cell]['video']['n']}"
+                                                                       for cell in cells))
 
 
 def held_out_methods(data: Path, folds: int, seed: int = 1, only_folds: int | None = None) -> None:
     """Leave one method out (trained on the rest with self-blends and swaps, scored on it) and
     self-blended only (real faces and their self-blends, no deepfake or swap), by identity-grouped
-    k-fold: the test fold's originals and the held-out fakes are never trained on. ``only_folds``: train
+    k-fold: the test fold's originals and the held-out fakes are never trained on. The candidate's
+    backbone alone: the motion regression needs real deepfakes to learn from. ``only_folds``: train
     and score only the first so many folds (the rest of the videos go unscored)."""
     store = all_methods_store(data)
     table = store.table
@@ -435,8 +438,8 @@ def held_out_methods(data: Path, folds: int, seed: int = 1, only_folds: int | No
                 extra, params = _draw_extra(swaps, seed * 100 + number, reals_only=True), {"synth_ratio": 0.5}
             else:
                 keep = train_rows[method[train_rows] != left_out]
-                extra, params = _draw_extra(swaps, seed * 100 + number), {}
-            lite0 = _lite0(params, seed=seed)
+                extra, params = _draw_extra(swaps, seed * 100 + number), {"synth_ratio": 0.3}
+            lite0 = _backbone(params, seed=seed)
             faces, labels, inputs = _training_arrays(store, keep, swaps, extra)
             lite0.fit(faces, labels, **inputs)
             del faces
@@ -444,36 +447,36 @@ def held_out_methods(data: Path, folds: int, seed: int = 1, only_folds: int | No
             scores[f"done{number}"] = np.array(time.perf_counter() - started)
             _save_scores(path, scores)
             print(f"  {run} fold {number}: {scores[f'done{number}']:.0f} s", flush=True)
-        results[run] = per_method_metrics(table, scores["lite0"], METHODS if left_out is None else (left_out,))
-    print(f"EfficientNet-Lite0 ({LITE0['epochs']} epochs, last {LITE0['trainable_blocks']} blocks) scored on fakes "
-          f"of methods it never saw; identity-grouped {folds}-fold CV (seed {seed})"
+        metrics = per_method_metrics(table, scores["lite0"])
+        results[run] = {cell: r for cell, r in metrics.items() if left_out is None or cell.startswith(f"{left_out} ")}
+    print(f"the candidate's EfficientNet-Lite0 ({LITE0_RECIPE['epochs']} epochs, all blocks) scored on fakes of "
+          f"methods it never saw; identity-grouped {folds}-fold CV (seed {seed})"
           + (f", only the first {only_folds} fold(s) trained and scored" if only_folds else "") + ", pooled AUC; "
           "each method's fakes against the originals of the same compression")
-    rows = [[run, f"{m} {c}", f"{r['video']['roc_auc']:.3f}", f"{r['frame']['roc_auc']:.3f}", r["video"]["n"]]
-            for run, cells in results.items() for (m, c), r in cells.items()]
+    rows = [[run, cell, f"{r['video']['roc_auc']:.3f}", f"{r['frame']['roc_auc']:.3f}", r["video"]["n"]]
+            for run, cells in results.items() for cell, r in cells.items()]
     print(markdown_table(["trained on", "scored on", "video AUC", "frame AUC", "videos"], rows))
 
 
 VARIANTS = {
-    "all blocks (+SBI, swaps, photos)": ({"trainable_blocks": None}, True),
-    "all blocks, FF++ faces only, no SBI": ({"trainable_blocks": None, "synth_ratio": 0.0}, False),
+    "last 8 of 16 blocks": ({"trainable_blocks": 8}, False),
+    "+ self-blends, photos and swaps": ({"synth_ratio": 0.3}, True),
 }
-"""Fine-tuning variants measured against ``LITE0`` (last 8 blocks, with everything) on one fold."""
+"""Fine-tuning variants measured against the candidate's recipe (all blocks, FF++ faces only) on one fold."""
 
 
 def variants_table(data: Path, folds: int, seed: int = 1, number: int = 0) -> None:
-    """Fine-tune all blocks or the last 8, with or without the made fakes, on fold ``number`` of the
-    ``--methods`` folds (scored on its test videos; the last-8 run is the one ``--methods`` made)."""
+    """Fine-tune the last 8 blocks instead of all, or add the made fakes, on fold ``number`` of the
+    ``--methods`` folds (scored on its test videos; the recipe's own run is the one ``--methods`` made)."""
     store = all_methods_store(data)
     _, swaps = photo_stores()
     train_rows, test_rows = list(grouped_kfold(store.table, folds, seed))[number]
-    runs = {"last 8 blocks (+SBI, swaps, photos)": methods_cv(data, folds, [seed])["lite0"][0]}
+    runs = {"the recipe: all blocks, FF++ faces": methods_cv(data, folds, [seed])["lite0"][0]}
     for name, (params, extra) in VARIANTS.items():
-        path, scores = _scores_cache(f"variant-{name.split(' (')[0].replace(' ', '-').replace(',', '')}-"
-                                     f"{folds}-{seed}-{number}")
+        path, scores = _scores_cache(f"variant-{name.replace(' ', '-').replace(',', '')}-{folds}-{seed}-{number}")
         if "lite0" not in scores:
             started = time.perf_counter()
-            lite0 = _lite0(params, seed=seed)
+            lite0 = _backbone(params, seed=seed)
             faces, labels, inputs = _training_arrays(store, train_rows, swaps if extra else None,
                                                      _draw_extra(swaps, seed * 100 + number) if extra else [])
             lite0.fit(faces, labels, **inputs)
@@ -491,8 +494,8 @@ def variants_table(data: Path, folds: int, seed: int = 1, number: int = 0) -> No
         metrics = per_method_metrics(store.table, only)
         rows.append([name, *(f"{r['video']['roc_auc']:.3f} / {r['frame']['roc_auc']:.3f}" for r in metrics.values())])
     print(f"EfficientNet-Lite0 fine-tuning variants, fold {number} of the identity-grouped {folds}-fold "
-          f"assignment (seed {seed}), {LITE0['epochs']} epochs; video AUC / frame AUC on that fold's test videos")
-    print(markdown_table(["variant", *(f"{m} {c}" for m, c in metrics)], rows))
+          f"assignment (seed {seed}); video AUC / frame AUC on that fold's test videos")
+    print(markdown_table(["variant", *metrics], rows))
 
 
 def main() -> None:
@@ -511,9 +514,15 @@ def main() -> None:
     parser.add_argument("--only-folds", type=int, metavar="N", help="--held-out: train and score only N folds")
     parser.add_argument("--held-out", action="store_true",
                         help="only: leave-one-method-out and self-blended-only, each method scored unseen")
+    parser.add_argument("--false-alarms", type=Path, nargs="*", metavar="MODEL",
+                        help="only: these model folders' (none: the packaged default's) verdicts on the real-faces "
+                             "videos through `unmask check`")
     args = parser.parse_args()
     print(f"machine: {machine()}")
-    if args.variants:
+    if args.false_alarms is not None:
+        for model in args.false_alarms or [None]:
+            real_videos_elsewhere(model)
+    elif args.variants:
         variants_table(args.data, args.folds)
     elif args.methods:
         methods_cv_table(args.data, args.folds, args.seeds)

@@ -103,10 +103,10 @@ def test_a_batch_goes_on_whatever_one_video_does(tmp_path, face_video, released_
         shutil.copy(face_video, folder / name)
     run = unmask.faces.face_pass.FacePass.run
 
-    def explode_on_b(self, path, sampled):  # fault injection: anything at all going wrong inside one video
+    def explode_on_b(self, path, sampled, decode_threads=None):  # fault injection: anything going wrong in one video
         if "explodes" in str(path):
             raise RuntimeError("something nobody foresaw\nsecond line")
-        return run(self, path, sampled)
+        return run(self, path, sampled, decode_threads)
 
     monkeypatch.setattr(unmask.faces.face_pass.FacePass, "run", explode_on_b)
     assert main(["check", str(folder), "--model", str(released_model), "--frames", "4", "--json"]) == 1

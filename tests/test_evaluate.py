@@ -9,6 +9,7 @@ from unmask.evaluate import (
     choose_threshold,
     compute_metrics,
     evaluate_scores,
+    per_method_metrics,
     save_plots,
     video_scores,
     write_report,
@@ -146,3 +147,23 @@ def test_report_warns_about_the_leaky_split(tmp_path, levels, plots):
     honest = write_report(tmp_path, levels, None, {"model": "rf", "split": "videos"})
     assert "WARNING" not in honest["markdown"].read_text()
     assert json.loads(honest["json"].read_text())["leak_warning"] is None
+
+
+def test_per_method_metrics_judge_each_method_against_the_originals_of_its_compression():
+    """A detector that catches one method and misses another must show both, never their average."""
+    rows = []
+    for compression in ("c23", "c40"):
+        for number in range(4):
+            rows.append(("original", compression, 0, 0.3 + 0.1 * number))  # 0.3-0.6
+            rows.append(("Deepfakes", compression, 1, 0.9))                # above every original
+            rows.append(("Face2Face", compression, 1, 0.1))                # below every original
+    rows.append(("NeuralTextures", "c40", 1, 0.5))
+    table = pd.DataFrame(rows, columns=["method", "compression", "label", "p"])
+    table["video"] = [f"v{i}" for i in range(len(table))]
+    p_fake = table["p"].to_numpy().copy()
+    p_fake[-2] = np.nan  # an unscored face is left out, not counted as a miss
+    out = per_method_metrics(table, p_fake)
+    assert sorted(out) == ["Deepfakes c23", "Deepfakes c40", "Face2Face c23", "Face2Face c40", "NeuralTextures c40"]
+    assert out["Deepfakes c23"]["video"]["roc_auc"] == 1.0 and out["Face2Face c40"]["frame"]["roc_auc"] == 0.0
+    assert out["Face2Face c40"]["frame"]["n"] == 7  # 4 originals of c40, 3 scored fakes
+    assert out["NeuralTextures c40"]["frame"]["roc_auc"] == pytest.approx(2.5 / 4)  # 0.5: above 0.3, 0.4, tied 0.5

@@ -85,6 +85,13 @@ def test_cross_validation_and_calibration(store, tmp_path, capsys):
     card = json.loads((tmp_path / "m" / "card.json").read_text())
     cv = card["cross_validation"]
     assert len(cv["folds"]) == 3 and cv["summary"]["video_roc_auc"]["mean"] > 0.9
+    # Per method and compression: pooled over the folds, with the spread over them, printed as well.
+    cell = cv["per_method"]["Deepfakes c23"]
+    assert cell["videos"] == cv["pooled_out_of_fold"]["video"]["n"] and cell["video_roc_auc"] == cv["pooled_out_of_fold"]["video"]["roc_auc"]
+    assert cell["fold_video_roc_auc"]["folds"] == 3
+    assert cell["fold_video_roc_auc"]["mean"] == pytest.approx(np.mean([f["per_method_video_auc"]["Deepfakes c23"]
+                                                                        for f in cv["folds"]]))
+    assert f"cv Deepfakes c23: video AUC {cell['video_roc_auc']:.3f} pooled" in out
     groups = [set(f["metrics"]["frame"]["n"] for f in cv["folds"])]
     assert groups and card["calibration"]["method"] == "isotonic"
     assert 0 < card["threshold"] < 1

@@ -177,19 +177,20 @@ class Checker:
                 "trained": card.get("training", {}).get("description") or card.get("training", {}).get("store"),
                 "path": str(self.model.path)}
 
-    def check(self, path: Path, name: str | None = None) -> CheckResult:
+    def check(self, path: Path, name: str | None = None, decode_threads: int | None = None) -> CheckResult:
         """Check one video; whatever goes wrong with it gives verdict ERROR with a one-line reason,
         never an exception, so a batch always goes on to the next video.
 
         ``name``: what the record calls the video (default: the path), e.g. an upload's own
-        file name while it is read from a temporary file that must not show.
+        file name while it is read from a temporary file that must not show. ``decode_threads``:
+        FFmpeg's threads for it (default: as many as FFmpeg likes).
         """
         started = time.perf_counter()
         result = CheckResult(path=name or str(path), verdict=NO_FACE, fake_probability=None, certainty="",
                              threshold=self.model.threshold, model=self.model_info(), aggregate=self.aggregate,
                              warnings=list(self.warnings))
         try:
-            self._check(Path(path), result)
+            self._check(Path(path), result, decode_threads)
         except VideoError as err:
             result.verdict, result.error = ERROR, str(err).removeprefix(f"{path}: ")
         except Exception as err:  # noqa: BLE001 - one video must never end a batch; the reason is kept
@@ -203,18 +204,20 @@ class Checker:
     def check_many(self, paths: Iterable[Path], ahead: int = 1) -> Iterator[tuple[Path, CheckResult]]:
         """(path, result) for each video, in order, with the next ``ahead`` videos decoding while
         this one is scored: a folder goes at the speed of decoding, and at most ``ahead + 1``
-        checks hold frames at once."""
+        checks hold frames at once. Each video decodes on one thread: with several in flight the
+        cores are busy anyway, and FFmpeg's own frame threads would only contend with them
+        (``benchmarks/bench_check.py``: less CPU per video, the same results)."""
         with ThreadPoolExecutor(ahead + 1, thread_name_prefix="unmask-check") as pool:
             pending: deque[tuple[Path, Future[CheckResult]]] = deque()
             for path in itertools.chain(paths, [None]):  # None: nothing more to submit, empty the queue
                 if path is not None:
-                    pending.append((path, pool.submit(self.check, path)))
+                    pending.append((path, pool.submit(self.check, path, None, 1 if ahead else None)))
                 while pending and (len(pending) > ahead or path is None):
                     done, future = pending.popleft()
                     yield done, future.result()
 
-    def _check(self, path: Path, result: CheckResult) -> None:
-        found = self.faces.run(path, self.settings.frame_indices)
+    def _check(self, path: Path, result: CheckResult, decode_threads: int | None = None) -> None:
+        found = self.faces.run(path, self.settings.frame_indices, decode_threads)
         info = found.info
         result.frames_asked, result.frames_sampled = len(found.sampled), len(found.read)
         result.damaged_frames = [list(run) for run in found.damaged_ranges()]

@@ -305,6 +305,9 @@ def _train_command(parser: argparse.ArgumentParser):
     parser.add_argument("--calibrate", choices=["isotonic", "sigmoid"],
                         help="calibrate probabilities and choose the threshold on identity-grouped held-out faces")
     parser.add_argument("--title", help="a name for the model card")
+    parser.add_argument("--weights-dtype", choices=["float32", "float16"], default="float32",
+                        help="float16 halves a CNN's folder: its large tensors are rounded once fitted, before "
+                             "calibration, evaluation and saving (default: float32)")
     parser.add_argument("--out", type=Path, required=True, help="model folder to write")
     parser.add_argument("--report", type=Path, help="also write a report (metrics.json, report.md, plots) here")
     return _run_train
@@ -316,7 +319,8 @@ def _run_train(args: argparse.Namespace) -> int:
     from unmask.train import train
 
     store = FaceStore(args.store)
-    options = _options(args, split=args.split, calibrate=args.calibrate, title=args.title)
+    options = _options(args, split=args.split, calibrate=args.calibrate, title=args.title,
+                       weights_dtype=args.weights_dtype)
 
     def on_fold(number: int, fold: dict) -> None:
         if rank != 0:
@@ -361,6 +365,11 @@ def _print_metrics(metrics: dict) -> None:
 def _print_cv(cv: dict) -> None:
     for name, stats in cv["summary"].items():
         print(f"cv {name}: {stats['mean']:.3f} ± {stats['std']:.3f}")
+    for cell, stats in cv.get("per_method", {}).items():
+        spread = stats["fold_video_roc_auc"]
+        print(f"cv {cell}: video AUC {_fmt(stats['video_roc_auc'])} pooled"
+              + (f" ({spread['mean']:.3f} ± {spread['std']:.3f} over {spread['folds']} folds)" if spread else "")
+              + f", frame AUC {_fmt(stats['frame_roc_auc'])}, {stats['videos']} videos")
 
 
 @command("evaluate")

@@ -160,6 +160,28 @@ def evaluate_scores(table: pd.DataFrame, p_fake, threshold: float = 0.5, aggrega
     return {"frame": compute_metrics(table["label"].to_numpy(), p_fake, threshold), "video": video}
 
 
+def per_method_metrics(table: pd.DataFrame, p_fake, threshold: float = 0.5,
+                       aggregate: str = "mean") -> dict[str, dict]:
+    """``evaluate_scores`` of each manipulation method's fakes against the originals of the same
+    compression, keyed "Method compression" (e.g. "Face2Face c23"); faces without a score (NaN)
+    left out, and a cell without both classes skipped.
+
+    Why: a detector is only as good as its worst method, and a pooled AUC hides a method it misses
+    behind one it catches."""
+    p_fake = np.asarray(p_fake, dtype=float)
+    label = table["label"].to_numpy()
+    method = table["method"].astype(str).to_numpy()
+    compression = table["compression"].astype(str).to_numpy()
+    out = {}
+    for name in sorted(set(method[label == 1])):
+        for level in sorted(set(compression)):
+            rows = np.isfinite(p_fake) & (compression == level) & ((label == 0) | (method == name))
+            if (label[rows] == 1).any() and (label[rows] == 0).any():
+                out[f"{name} {level}"] = evaluate_scores(table.iloc[np.flatnonzero(rows)], p_fake[rows], threshold,
+                                                         aggregate)
+    return out
+
+
 def choose_threshold(y_true, p_fake) -> float:
     """The threshold with the best balanced accuracy (Youden's J = TPR - FPR).
 

@@ -18,9 +18,9 @@ import pandas as pd
 
 from unmask.util import torch_world
 from unmask.errors import UnmaskError
-from unmask.evaluate import choose_threshold, evaluate_scores, save_plots, write_report
+from unmask.evaluate import choose_threshold, evaluate_scores, per_method_metrics, save_plots, write_report
 from unmask.models import check_fit_memory, create_model, per_face_inputs
-from unmask.models.io import LoadedModel, apply_calibration, fit_calibration, save_model
+from unmask.models.io import LoadedModel, apply_calibration, fit_calibration, round_weights, save_model
 from unmask.splits import LEAKY_SPLITS, grouped_kfold, identity_groups, split_indices
 from unmask.store import FaceStore
 from unmask.usage import measure_usage
@@ -46,6 +46,9 @@ class TrainOptions:
     aggregate: str = "mean"
     seed: int = 42
     title: str | None = None
+    weights_dtype: str = "float32"
+    """float16: a torch model's large tensors rounded to half precision once fitted, before calibration,
+    evaluation and saving, so the folder is half the size and what is measured is what is saved."""
 
 
 def build_estimator(options: TrainOptions):
@@ -157,6 +160,7 @@ def train(store: FaceStore, options: TrainOptions, out_dir: Path, report_dir: Pa
         fit_rows, val_rows = _calibration_part(store, train_rows, val_rows, options.seed)
     with measure_usage() as fit_usage:
         fit_estimator(estimator, store, fit_rows)
+    round_weights(estimator, options.weights_dtype)
     if options.calibrate:
         raw = predict_fake(estimator, store, val_rows)
         labels = store.table["label"].to_numpy()[val_rows]
@@ -202,6 +206,7 @@ def _card(estimator, store, options, fit_rows, test_rows, calibration, threshold
                   "detector": store.settings["faces"], **preprocessing},
         "threshold": threshold,
         "calibration": calibration,
+        **({"weights_dtype": options.weights_dtype} if hasattr(estimator, "weights") else {}),
         "aggregate": options.aggregate,
         "training": {
             "store": store.root.name, "split": options.split, "seed": options.seed,
@@ -240,14 +245,31 @@ def cross_validate(store: FaceStore, options: TrainOptions,
         p_fake = predict_fake(estimator, store, test_rows)
         out_of_fold[test_rows] = p_fake
         metrics = evaluate_scores(store.table.iloc[test_rows], p_fake, 0.5, options.aggregate)
+        methods = per_method_metrics(store.table.iloc[test_rows], p_fake, 0.5, options.aggregate)
         fold = {"fold": number, "train_faces": int(train_rows.size), "test_faces": int(test_rows.size),
-                "fit_s": usage.wall_s, "peak_rss_mb": usage.peak_rss_mb, "metrics": metrics}
+                "fit_s": usage.wall_s, "peak_rss_mb": usage.peak_rss_mb, "metrics": metrics,
+                "per_method_video_auc": {cell: m["video"]["roc_auc"] for cell, m in methods.items()}}
         folds.append(fold)
         if on_fold:
             on_fold(number, fold)
     pooled = evaluate_scores(store.table, out_of_fold, 0.5, options.aggregate)
     return {"folds": folds, "summary": summarize_folds(folds), "n_splits": options.folds,
-            "pooled_out_of_fold": pooled}
+            "pooled_out_of_fold": pooled, "per_method": _per_method_summary(store.table, out_of_fold, folds,
+                                                                            options.aggregate)}
+
+
+def _per_method_summary(table: pd.DataFrame, out_of_fold: np.ndarray, folds: list[dict], aggregate: str) -> dict:
+    """Per "Method compression": AUCs of the pooled out-of-fold scores, and the video AUC's spread over
+    the folds that hold both classes of that cell."""
+    summary = {}
+    for cell, metrics in per_method_metrics(table, out_of_fold, 0.5, aggregate).items():
+        values = [f["per_method_video_auc"][cell] for f in folds
+                  if f["per_method_video_auc"].get(cell) is not None]
+        summary[cell] = {"video_roc_auc": metrics["video"]["roc_auc"], "frame_roc_auc": metrics["frame"]["roc_auc"],
+                         "videos": metrics["video"]["n"], "faces": metrics["frame"]["n"],
+                         "fold_video_roc_auc": {"mean": float(np.mean(values)), "std": float(np.std(values)),
+                                                "folds": len(values)} if values else None}
+    return summary
 
 
 def summarize_folds(folds: list[dict]) -> dict:

@@ -17,7 +17,7 @@ from unmask.cli import main
 from unmask.errors import UnmaskError
 from unmask.models import create_model
 from unmask.models.fusion import MotionFusion
-from unmask.models.io import load_model, save_model
+from unmask.models.io import load_inference_model, load_model, round_weights, save_model
 from unmask.faces.motion import MOTION_FEATURES
 from unmask.video import write_video
 
@@ -151,3 +151,48 @@ def test_with_a_fixed_cnn_weight_the_logits_of_both_experts_add():
     expected = alone.decision_function(test_faces, test_motion) + fused.cnn_.decision_function(test_faces)
     np.testing.assert_allclose(fused.decision_function(test_faces, test_motion), expected, rtol=1e-4, atol=1e-4)
     assert fused.weighting()["cnn_logit"] == 1.0
+
+
+def test_lite0_motion_fits_saves_in_half_precision_and_scores_as_saved(tmp_path):
+    """The every-method model: the pretrained backbone's log-odds plus the motion regression's. Saved with
+    weights_dtype float16 its folder is about half the size, and the saved model (safetensors and its ONNX
+    export alike) scores what the rounded model in memory scores."""
+    faces, labels, motion = made_up(40, seed=6)
+    fused = create_model("lite0-motion", member_params={"epochs": 1, "augment": False})
+    fused.fit(faces, labels, groups=np.arange(40) // 4, motion=motion)
+    member = fused.cnn_.members_[0]
+    assert member.arch == "efficientnet-lite0" and member.init == "imagenet" and fused.cnn_weight == "validation"
+    assert len(member.validation_rows_) == 8  # 2 of the 10 identities, weighed on
+    test_faces, _, test_motion = made_up(6, seed=7)
+    before = fused.cnn_.decision_function(test_faces)
+    card = {**CARD, "estimator": {"name": "lite0-motion", "params": fused.get_params()}}
+    full = save_model(fused, tmp_path / "full", card)
+    round_weights(fused, "float16")
+    assert 0 < np.abs(fused.cnn_.decision_function(test_faces) - before).max() < 0.05  # the backbone's, a little
+    rounded = fused.decision_function(test_faces, test_motion)
+    half = save_model(fused, tmp_path / "half", {**card, "weights_dtype": "float16"})
+    size = {folder: (folder / "model.safetensors").stat().st_size for folder in (full, half)}
+    assert 0.45 < size[half] / size[full] < 0.55
+    loaded = load_model(half)
+    assert loaded.card["weights_dtype"] == "float16" and loaded.card["onnx"]["file"] == "model.onnx"
+    np.testing.assert_allclose(loaded.estimator.decision_function(test_faces, test_motion), rounded, atol=1e-5)
+    exported = load_inference_model(half)  # on a CPU: the ONNX file, no torch
+    np.testing.assert_allclose(exported.estimator.decision_function(test_faces, test_motion), rounded, atol=1e-4)
+
+
+def test_weighed_on_validation_the_experts_are_judged_on_identities_the_cnn_never_saw():
+    faces, labels, motion = made_up(240, seed=8)
+    groups = np.arange(240) // 6
+    params = {"init": "scratch", "epochs": 1, "input_size": 32, "augment": False}
+    fused = create_model("mesonet-motion", archs=("resnet-small",), member_params=params, cnn_weight="validation")
+    fused.fit(faces, labels, groups=groups, motion=motion)
+    held_out = fused.cnn_.members_[0].validation_rows_
+    assert len(held_out) == 48 and len(np.unique(groups[held_out])) == 8
+    weights = fused.weighting()
+    assert weights["residual_face"] == max(weights.values(), key=abs) > 0  # noise crops: the motion decides
+    test_faces, test_labels, test_motion = made_up(100, seed=9)
+    assert roc_auc_score(test_labels, fused.predict_proba(test_faces, motion=test_motion)[:, 1]) > 0.85
+    without = create_model("mesonet-motion", archs=("resnet-small",), member_params={**params, "val_fraction": 0.0},
+                           cnn_weight="validation")
+    with pytest.raises(UnmaskError, match="identity-grouped validation split"):
+        without.fit(faces, labels, groups=groups, motion=motion)

@@ -108,8 +108,10 @@ class FacePass:
         self.threads = threads or os.cpu_count() or 1
         self.decode_threads = decode_threads
 
-    def run(self, path: Path, sampled: Sequence[int] | Callable[[int], Sequence[int]]) -> FacePassResult:
-        """The faces in frames ``sampled`` of ``path`` (a list, or a function of the frame count).
+    def run(self, path: Path, sampled: Sequence[int] | Callable[[int], Sequence[int]],
+            decode_threads: int | None = None) -> FacePassResult:
+        """The faces in frames ``sampled`` of ``path`` (a list, or a function of the frame count);
+        ``decode_threads``: FFmpeg's threads for this video (None: ``self.decode_threads``).
         Raises ``VideoError`` when the file is not a readable video or photo."""
         started = time.perf_counter()
         if is_photo(path):
@@ -128,7 +130,8 @@ class FacePass:
                 frame_list.extend(sorted({i for i in chosen if 0 <= i < frame_count}))
                 return wanted_frames(frame_list, self.motion)
 
-            frames = stream_frames(Path(path), wanted, self.decode_threads, self.detection.max_side)
+            threads = self.decode_threads if decode_threads is None else decode_threads
+            frames = stream_frames(Path(path), wanted, threads, self.detection.max_side)
             info, stream, scale, offsets = frames.info, frames.frames, frames.scale, self.motion.offsets
             sampled_frames = frame_list
         result = FacePassResult(info, sampled_frames, [], photo=info.frame_count == 1)

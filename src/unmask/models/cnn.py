@@ -164,7 +164,8 @@ class TorchFaceClassifier(TrainingLoop, LogitClassifierMixin, BaseEstimator):
 
     Fitted attributes: ``net_`` (the torch module, eval mode), ``classes_``, ``history_`` (one dict per
     epoch: loss, val_auc, faces, synth, processes, seconds; faces and loss over all processes),
-    ``best_epoch_`` and ``val_auc_`` (None without validation).
+    ``best_epoch_`` and ``val_auc_`` (None without validation), ``validation_rows_`` (positions in ``X``
+    of the faces held out for validation; empty without).
     """
 
     def __init__(self, arch: str = "resnet-small", init: str = "scratch", input_size: int | None = None,
@@ -261,6 +262,7 @@ class TorchFaceClassifier(TrainingLoop, LogitClassifierMixin, BaseEstimator):
         if not (y == 0).any():
             raise UnmaskError("training needs real faces")
         train, validation = self._split(y, groups, synth_ratio > 0)
+        self.validation_rows_ = np.empty(0, dtype=np.int64) if validation is None else validation[0][~validation[1]]
         cuda_devices = [device.index if device.index is not None else torch.cuda.current_device()] \
             if device.type == "cuda" else []
         with torch.random.fork_rng(devices=cuda_devices):
@@ -310,6 +312,8 @@ class TorchFaceClassifier(TrainingLoop, LogitClassifierMixin, BaseEstimator):
 
     def _adopt(self, net: nn.Module, history: list[dict], best_epoch: int | None,
                val_auc: float | None) -> TorchFaceClassifier:
+        if not hasattr(self, "validation_rows_") or not history:  # released or loaded: it held nothing out
+            self.validation_rows_ = np.empty(0, dtype=np.int64)
         self.net_ = net.eval()
         self.classes_ = np.array([0, 1])
         self.history_ = history

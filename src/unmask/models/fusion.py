@@ -42,6 +42,14 @@ class StandardisedLinear(nn.Module):
         return self.linear(z).squeeze(-1)
 
 
+def _regression(inputs: np.ndarray, y: np.ndarray, C: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """A logistic regression on standardised ``inputs`` (a missing value counts as its mean):
+    (mean, scale, coefficients, intercept), the numbers ``StandardisedLinear`` holds."""
+    scaler = StandardScaler().fit(inputs)  # NaN-aware: a missing feature is left out of its statistics
+    regression = LogisticRegression(C=C, max_iter=10_000).fit(np.nan_to_num(scaler.transform(inputs), nan=0.0), y)
+    return scaler.mean_, scaler.scale_, regression.coef_.ravel(), float(regression.intercept_[0])
+
+
 class MotionFusion(LogitClassifierMixin, BaseEstimator):
     """Logistic regression over the motion residual features and a CNN ensemble's logit.
 
@@ -55,7 +63,8 @@ class MotionFusion(LogitClassifierMixin, BaseEstimator):
         regression is fitted on the motion features alone and the CNN's logit is added with this weight
         (log-odds of two experts added). Why: a CNN fine-tuned on the same faces is overconfident on
         them, so a regression fitted there would trust it too much; and faces without motion (photos
-        in training) then only train the CNN.
+        in training) then only train the CNN. "validation": both experts weighed by a regression on the
+        faces the (single) CNN held out for its identity-grouped validation.
 
     ``fit`` and ``predict_proba`` take ``motion``: (N, len(MOTION_FEATURES)) from a store
     prepared with ``--motion`` or from ``unmask check``, which reads the neighbouring frames.
@@ -97,29 +106,51 @@ class MotionFusion(LogitClassifierMixin, BaseEstimator):
             keypoints: np.ndarray | None = None, motion: np.ndarray | None = None,
             methods: Iterable[str] | None = None) -> MotionFusion:
         """Fit the CNN part (nothing to do for released nets), then the weighing on its logits."""
-        if np.isnan(self._motion(X, motion)).all(axis=0).any():
+        motion = self._motion(X, motion)
+        if np.isnan(motion).all(axis=0).any():
             raise UnmaskError("a motion feature is missing for every training face (no later frames?)")
+        if self.cnn_weight == "validation" and not list(self.archs):
+            raise UnmaskError('cnn_weight="validation" weighs a CNN against the motion features: give archs')
         ensemble = self._ensemble()
         self.cnn_ = None if ensemble is None else ensemble.fit(X, y, groups=groups, keypoints=keypoints,
                                                                methods=methods)
         y = np.asarray(y, dtype=int)
-        fixed = self.cnn_weight is not None and self.cnn_ is not None
-        inputs = self._motion(X, motion) if fixed else self._inputs(X, motion)
-        if fixed:  # the motion expert learns from the faces that have motion
-            inputs, y = inputs[~np.isnan(inputs).all(axis=1)], y[~np.isnan(inputs).all(axis=1)]
-        scaler = StandardScaler().fit(inputs)  # NaN-aware: a missing feature is left out of its statistics
-        standardised = np.nan_to_num(scaler.transform(inputs), nan=0.0)
-        regression = LogisticRegression(C=self.C, max_iter=10_000).fit(standardised, y)
-        mean, scale, coef = scaler.mean_, scaler.scale_, regression.coef_.ravel()
-        if fixed:  # the CNN's logit enters as it is, times cnn_weight
-            mean, scale, coef = np.r_[mean, 0.0], np.r_[scale, 1.0], np.r_[coef, self.cnn_weight]
+        has_motion = ~np.isnan(motion).all(axis=1)
+        if self.cnn_ is None or self.cnn_weight is None:
+            mean, scale, coef, bias = _regression(self._inputs(X, motion), y, self.C)
+        elif self.cnn_weight == "validation":
+            mean, scale, coef, bias = self._weighed_on_validation(X, y, motion, has_motion)
+        else:  # the motion expert learns from the faces that have motion; the CNN's logit enters times cnn_weight
+            mean, scale, coef, bias = _regression(motion[has_motion], y[has_motion], self.C)
+            mean, scale, coef = np.r_[mean, 0.0], np.r_[scale, 1.0], np.r_[coef, float(self.cnn_weight)]
         head = StandardisedLinear(len(mean))
         with torch.no_grad():
             head.mean.copy_(torch.from_numpy(mean.astype(np.float32)))
             head.scale.copy_(torch.from_numpy(scale.astype(np.float32)))
             head.linear.weight.copy_(torch.from_numpy(coef.astype(np.float32)[None]))
-            head.linear.bias.copy_(torch.from_numpy(regression.intercept_.astype(np.float32)))
+            head.linear.bias.copy_(torch.tensor([bias], dtype=torch.float32))
         return self._adopt(self.cnn_, head)
+
+    def _weighed_on_validation(self, X: np.ndarray, y: np.ndarray, motion: np.ndarray,
+                               has_motion: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+        """``cnn_weight="validation"``: the motion regression is fitted on the faces the CNN trained on, then
+        both experts' logits are weighed by a second regression on the faces the CNN held out (its
+        identity-grouped validation split), where neither expert has seen the answers."""
+        members = self.cnn_.members_
+        held_out = np.zeros(len(y), dtype=bool)
+        if len(members) == 1:
+            held_out[members[0].validation_rows_] = True
+        fit, judge = ~held_out & has_motion, held_out & has_motion
+        if len(members) != 1 or len(np.unique(y[judge])) < 2 or len(np.unique(y[fit])) < 2:
+            raise UnmaskError('cnn_weight="validation" needs one CNN with an identity-grouped validation split '
+                              "(val_fraction > 0 and groups) holding faces of both classes with motion features")
+        mean, scale, coef, bias = _regression(motion[fit], y[fit], self.C)
+        motion_logit = np.nan_to_num((motion[judge] - mean) / scale, nan=0.0) @ coef + bias
+        experts = np.column_stack([motion_logit, self.cnn_.decision_function(np.asarray(X[judge]))])
+        stack = LogisticRegression(C=self.C, max_iter=10_000).fit(experts, y[judge])
+        (motion_weight, cnn_weight), offset = stack.coef_.ravel(), float(stack.intercept_[0])
+        return (np.r_[mean, 0.0], np.r_[scale, 1.0], np.r_[motion_weight * coef, cnn_weight],
+                motion_weight * bias + offset)
 
     def _adopt(self, cnn: LogitEnsemble | None, head: StandardisedLinear) -> MotionFusion:
         self.cnn_, self.head_ = cnn, head.eval()
@@ -186,3 +217,24 @@ class MotionFusion(LogitClassifierMixin, BaseEstimator):
 def _mesonet_motion(features: Any = None, random_state: int = 42, **params: Any) -> MotionFusion:
     images_only(features)
     return MotionFusion(seed=random_state, **params)
+
+
+LITE0_RECIPE = {"init": "imagenet", "epochs": 6, "lr": 3e-4, "batch_size": 32, "augment": True,
+                "val_fraction": 0.2, "patience": 6}
+"""How ``lite0-motion`` fine-tunes EfficientNet-Lite0: every block, 6 epochs of augmented faces (recompression,
+rescaling, blur, noise, colour, flips), balanced per method and class, the epoch kept that scores best on an
+identity-grouped fifth of the training videos. Chosen by identity-grouped CV on the FF++ sample
+(``benchmarks/bench_cnn.py --methods``); on 2 CPU cores about 30 s an epoch for 1,300 faces."""
+
+
+@MODELS.register("lite0-motion", help="EfficientNet-Lite0 from ImageNet fine-tuned on every method and a logistic "
+                                      "regression over the motion features, weighed on held-out identities "
+                                      "(needs --motion)")
+def _lite0_motion(features: Any = None, random_state: int = 42, member_params: dict | None = None,
+                  cnn_weight: float | str | None = "validation", **params: Any) -> MotionFusion:
+    """A look at each face by a pretrained backbone and the motion around it, as two experts: the backbone
+    sees what Face2Face and FaceSwap leave in a frame, the motion what Deepfakes leave over time; how far
+    to trust each is learned on the identities the backbone held out."""
+    images_only(features)
+    return MotionFusion(archs=("efficientnet-lite0",), member_params={**LITE0_RECIPE, **(member_params or {})},
+                        cnn_weight=cnn_weight, seed=random_state, **params)

@@ -16,13 +16,14 @@ assignment's figures are partly luck, their paired difference much less so.
 regression), each of its two parts alone, and the current default, on the same folds, under several
 fold assignments; ``--held-out`` leaves one method out (and trains on self-blends only);
 ``--variants`` compares the recipe with fine-tuning the last 8 blocks and with adding made fakes;
-``--false-alarms DIR...`` checks the real-faces videos with those model folders.
+``--false-alarms DIR...`` checks the real-faces videos with those model folders (``--with-photos``: also
+with the candidate fitted on every FF++ face and the real-faces photos).
 
     python benchmarks/bench_cnn.py [--folds 5] [--generalisation | --repeat-cv 8]
     python benchmarks/bench_cnn.py --methods --folds 5 --seeds 1,2
     python benchmarks/bench_cnn.py --held-out --folds 2 --only-folds 1
     python benchmarks/bench_cnn.py --variants --folds 5
-    python benchmarks/bench_cnn.py --false-alarms src/unmask/models/default
+    python benchmarks/bench_cnn.py --false-alarms src/unmask/models/default --with-photos
 """
 from __future__ import annotations
 
@@ -45,6 +46,7 @@ from unmask.evaluate import evaluate_scores, per_method_metrics
 from unmask.models import create_model, per_face_inputs
 from unmask.models.fusion import LITE0_RECIPE
 from unmask.faces.face_pass import FacePass
+from unmask.faces.motion import MOTION_FEATURES
 from unmask.prepare import prepare_dataset
 from unmask.store import FaceStore
 from unmask.synth import synthesize_store
@@ -309,6 +311,33 @@ def _training_arrays(store: FaceStore, rows: np.ndarray, extra: FaceStore | None
         "methods": np.concatenate([t["method"].astype(str).to_numpy() for t in tables])}
 
 
+def candidate_with_photos(data: Path) -> Path:
+    """The candidate fitted on every FF++ face plus the 2,000 real-faces photos as real faces (no motion to
+    measure: they train the backbone only), saved once as a model folder: does seeing real faces from
+    outside FF++ stop the backbone calling them fake?"""
+    from unmask.models.io import save_model
+    from unmask.splits import identity_groups
+
+    folder = CACHE / f"model-{CANDIDATE}-with-photos-{RECIPE}"
+    if (folder / "card.json").exists():
+        return folder
+    store = all_methods_store(data)
+    photos, _ = photo_stores()
+    rows, extra = np.arange(len(store)), np.arange(len(photos))
+    faces, labels, inputs = _training_arrays(store, rows, photos, extra)
+    motion = np.concatenate([store.motion(rows), np.full((len(photos), len(MOTION_FEATURES)), np.nan, np.float32)])
+    ids = pd.concat([store.table["ids"], photos.table["ids"]]).astype(str)
+    candidate = build_estimator(TrainOptions(model=CANDIDATE)).fit(faces, labels, groups=identity_groups(ids),
+                                                                   keypoints=inputs["keypoints"], motion=motion,
+                                                                   methods=inputs["methods"])
+    card = {"title": f"{CANDIDATE} on the FF++ sample and the real-faces photos",
+            "estimator": {"name": CANDIDATE, "params": candidate.get_params()},
+            "input": {"size": store.crop_size, "margin": store.margin, "detector": store.settings["faces"],
+                      **candidate.preprocessing(), "motion": store.settings["motion"]},
+            "weights_dtype": "float16", "training": {"store": f"{store.root.name} + {photos.root.name}"}}
+    return save_model(candidate, folder, card)
+
+
 def _draw_extra(swaps: FaceStore, seed: int, reals_only: bool = False) -> np.ndarray:
     """``EXTRA_PHOTOS`` real photos and (unless ``reals_only``) as many swaps, drawn with ``seed``."""
     table, rng = swaps.table, np.random.default_rng(seed)
@@ -510,17 +539,21 @@ def main() -> None:
     parser.add_argument("--seeds", type=lambda text: [int(s) for s in text.split(",")], default=[1],
                         help="fold assignments for --methods (default: 1)")
     parser.add_argument("--variants", action="store_true",
-                        help="only: fine-tuning all blocks or the last 8, with or without made fakes, on one fold")
+                        help="only: the recipe against fine-tuning its last 8 blocks and against adding made "
+                             "fakes, on one fold")
     parser.add_argument("--only-folds", type=int, metavar="N", help="--held-out: train and score only N folds")
     parser.add_argument("--held-out", action="store_true",
                         help="only: leave-one-method-out and self-blended-only, each method scored unseen")
     parser.add_argument("--false-alarms", type=Path, nargs="*", metavar="MODEL",
                         help="only: these model folders' (none: the packaged default's) verdicts on the real-faces "
                              "videos through `unmask check`")
+    parser.add_argument("--with-photos", action="store_true",
+                        help="--false-alarms: also the candidate fitted with the real-faces photos as real faces")
     args = parser.parse_args()
     print(f"machine: {machine()}")
     if args.false_alarms is not None:
-        for model in args.false_alarms or [None]:
+        for model in [*(args.false_alarms or [None]), *([candidate_with_photos(args.data)] if args.with_photos
+                                                        else [])]:
             real_videos_elsewhere(model)
     elif args.variants:
         variants_table(args.data, args.folds)

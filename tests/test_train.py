@@ -98,6 +98,12 @@ def test_cross_validation_and_calibration(store, tmp_path, capsys):
     assert "cross_validation" in json.loads((tmp_path / "r" / "metrics.json").read_text())["context"]
 
 
+def test_half_precision_weights_are_refused_for_a_scikit_learn_model_before_any_fit(store, tmp_path, capsys):
+    code, _, err = run(capsys, "train", store.root, "--model", "rf", "--features", "pixels-small",
+                       "--weights-dtype", "float16", "--out", tmp_path / "m")
+    assert code == 2 and "--weights-dtype float16 is for the torch models" in err and not (tmp_path / "m").exists()
+
+
 def test_evaluate_on_faces_from_another_folder(store, tmp_path, capsys):
     assert run(capsys, "train", store.root, "--model", "rf", "--features", "pixels-small", "--split", "official",
                "--out", tmp_path / "m")[0] == 0

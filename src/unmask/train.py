@@ -148,6 +148,9 @@ def train(store: FaceStore, options: TrainOptions, out_dir: Path, report_dir: Pa
     train_rows, val_rows, test_rows = _split(store, options.split, options.seed)
     _check_memory(options, store, len(train_rows))
     estimator = build_estimator(options)
+    if options.weights_dtype != "float32" and not hasattr(estimator, "weights"):
+        raise UnmaskError(f"--weights-dtype {options.weights_dtype} is for the torch models; {options.model} is a "
+                          "scikit-learn model")
     rank, processes = torch_world()
     if processes > 1 and not hasattr(estimator, "weights"):
         raise UnmaskError(f"torchrun trains the CNN models; {options.model} is a scikit-learn model: train it in "

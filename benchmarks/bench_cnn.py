@@ -316,7 +316,6 @@ def candidate_with_photos(data: Path) -> Path:
     measure: they train the backbone only), saved once as a model folder: does seeing real faces from
     outside FF++ stop the backbone calling them fake?"""
     from unmask.models.io import save_model
-    from unmask.splits import identity_groups
 
     folder = CACHE / f"model-{CANDIDATE}-with-photos-{RECIPE}"
     if (folder / "card.json").exists():
@@ -326,10 +325,7 @@ def candidate_with_photos(data: Path) -> Path:
     rows, extra = np.arange(len(store)), np.arange(len(photos))
     faces, labels, inputs = _training_arrays(store, rows, photos, extra)
     motion = np.concatenate([store.motion(rows), np.full((len(photos), len(MOTION_FEATURES)), np.nan, np.float32)])
-    ids = pd.concat([store.table["ids"], photos.table["ids"]]).astype(str)
-    candidate = build_estimator(TrainOptions(model=CANDIDATE)).fit(faces, labels, groups=identity_groups(ids),
-                                                                   keypoints=inputs["keypoints"], motion=motion,
-                                                                   methods=inputs["methods"])
+    candidate = build_estimator(TrainOptions(model=CANDIDATE)).fit(faces, labels, motion=motion, **inputs)
     card = {"title": f"{CANDIDATE} on the FF++ sample and the real-faces photos",
             "estimator": {"name": CANDIDATE, "params": candidate.get_params()},
             "input": {"size": store.crop_size, "margin": store.margin, "detector": store.settings["faces"],

@@ -223,8 +223,9 @@ LITE0_RECIPE = {"init": "imagenet", "epochs": 6, "lr": 3e-4, "batch_size": 32, "
                 "val_fraction": 0.2, "patience": 6}
 """How ``lite0-motion`` fine-tunes EfficientNet-Lite0: every block, 6 epochs of augmented faces (recompression,
 rescaling, blur, noise, colour, flips), balanced per method and class, the epoch kept that scores best on an
-identity-grouped fifth of the training videos. Chosen by identity-grouped CV on the FF++ sample
-(``benchmarks/bench_cnn.py --methods``); on 2 CPU cores about 30 s an epoch for 1,300 faces."""
+identity-grouped fifth of the training videos. Settled on one identity-grouped fold of the FF++ sample
+(with and without augmentation, 6-8 epochs), then measured on every fold by ``benchmarks/bench_cnn.py
+--methods``; on 2 CPU cores about 30 s an epoch for 1,300 faces."""
 
 
 @MODELS.register("lite0-motion", help="EfficientNet-Lite0 from ImageNet fine-tuned on every method and a logistic "

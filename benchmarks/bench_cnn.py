@@ -380,7 +380,7 @@ def methods_cv(data: Path, folds: int, seeds: list[int]) -> dict[str, list[np.nd
             if f"done{number}" in scores:
                 continue
             started = time.perf_counter()
-            for name in METHODS_CV_NAMES:
+            for name in ("candidate", "lite0", "motion", "default"):
                 scores.setdefault(name, np.full(len(store), np.nan))
             fitted = {name: fit_estimator(build_estimator(options), store, train_rows) for name, options in (
                 ("candidate", TrainOptions(model=CANDIDATE, seed=seed)),
@@ -389,11 +389,7 @@ def methods_cv(data: Path, folds: int, seeds: list[int]) -> dict[str, list[np.nd
                                          seed=seed)))}
             for name, estimator in fitted.items():
                 scores[name][test_rows] = predict_fake(estimator, store, test_rows)
-            backbone = fitted["candidate"].cnn_.decision_function(_faces(store, test_rows))
-            scores["lite0"][test_rows] = expit(backbone)
-            motion = fitted["motion"].decision_function(_faces(store, test_rows), store.motion(test_rows))
-            scores["added"][test_rows] = expit(backbone + motion)
-            scores["either"][test_rows] = expit(np.maximum(backbone, motion))
+            scores["lite0"][test_rows] = expit(fitted["candidate"].cnn_.decision_function(_faces(store, test_rows)))
             member = fitted["candidate"].cnn_.members_[0]
             scores[f"done{number}"] = np.array(time.perf_counter() - started)
             _save_scores(path, scores)
@@ -401,8 +397,9 @@ def methods_cv(data: Path, folds: int, seeds: list[int]) -> dict[str, list[np.nd
             print(f"  seed {seed} fold {number}: {scores[f'done{number}']:.0f} s, Lite0 kept epoch "
                   f"{member.best_epoch_} (identity-grouped validation AUC {member.val_auc_:.3f}), its logit "
                   f"weighed {weights['cnn_logit']:.2f}", flush=True)
-        if "either" not in scores:  # a cache written before the rule was measured: it is a function of two parts
-            scores["either"] = expit(np.maximum(logit(scores["lite0"]), logit(scores["motion"])))
+        # Two rules over the experts alone, nothing fitted on top: functions of their scores, not stored.
+        backbone, motion = logit(scores["lite0"]), logit(scores["motion"])
+        scores["added"], scores["either"] = expit(backbone + motion), expit(np.maximum(backbone, motion))
         for name in METHODS_CV_NAMES:
             by_seed[name].append(scores[name])
     return by_seed

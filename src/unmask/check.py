@@ -211,7 +211,7 @@ class Checker:
             pending: deque[tuple[Path, Future[CheckResult]]] = deque()
             for path in itertools.chain(paths, [None]):  # None: nothing more to submit, empty the queue
                 if path is not None:
-                    pending.append((path, pool.submit(self.check, path, None, 1 if ahead else None)))
+                    pending.append((path, pool.submit(self.check, path, decode_threads=1 if ahead else None)))
                 while pending and (len(pending) > ahead or path is None):
                     done, future = pending.popleft()
                     yield done, future.result()

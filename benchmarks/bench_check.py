@@ -158,7 +158,7 @@ def main() -> None:
     print(markdown_table(["videos", "n", "check s", "check CPU s", "decode-only s", "decode CPU s",
                           "check / decode"], rows))
     folder = folder_rate(checker, videos)
-    print(f"\nthe folder ({len(videos)} videos) through `check_many` (the next video decoding while this one is "
+    print(f"\nthe folder ({len(videos)} videos) through `check_many` (the next videos decoding and detecting while this one is "
           f"scored; medians of 2, taking turns with the baseline): {folder['check']:.1f} s, {len(videos) / folder['check']:.2f} videos/s; decoding the same frames "
           f"alone, video after video: {folder['decode']:.1f} s, {len(videos) / folder['decode']:.2f} videos/s; "
           f"ratio {folder['check'] / folder['decode']:.2f} (target <= 1.3)")

@@ -17,13 +17,15 @@ regression), each of its two parts alone, and the current default, on the same f
 fold assignments; ``--held-out`` leaves one method out (and trains on self-blends only);
 ``--variants`` compares the recipe with fine-tuning the last 8 blocks and with adding made fakes;
 ``--false-alarms DIR...`` checks the real-faces videos with those model folders (``--with-photos``: also
-with the candidate fitted on every FF++ face and the real-faces photos).
+with the candidate fitted on every FF++ face and the real-faces photos). ``--made-fakes`` adds the
+candidate trained on made fakes too (self-blends, real-faces photos and swaps of them): to
+``--methods`` cross-validated on the same folds, to ``--false-alarms`` fitted on every face.
 
     python benchmarks/bench_cnn.py [--folds 5] [--generalisation | --repeat-cv 8]
-    python benchmarks/bench_cnn.py --methods --folds 5 --seeds 1,2
+    python benchmarks/bench_cnn.py --methods --folds 5 --seeds 1,2 [--made-fakes]
     python benchmarks/bench_cnn.py --held-out --folds 2 --only-folds 1
     python benchmarks/bench_cnn.py --variants --folds 5
-    python benchmarks/bench_cnn.py --false-alarms src/unmask/models/default --with-photos
+    python benchmarks/bench_cnn.py --false-alarms src/unmask/models/default --with-photos [--made-fakes]
 """
 from __future__ import annotations
 
@@ -311,26 +313,41 @@ def _training_arrays(store: FaceStore, rows: np.ndarray, extra: FaceStore | None
         "methods": np.concatenate([t["method"].astype(str).to_numpy() for t in tables])}
 
 
-def candidate_with_photos(data: Path) -> Path:
-    """The candidate fitted on every FF++ face plus the 2,000 real-faces photos as real faces (no motion to
-    measure: they train the backbone only), saved once as a model folder: does seeing real faces from
-    outside FF++ stop the backbone calling them fake?"""
+def _fit_candidate(store: FaceStore, rows: np.ndarray, extra: FaceStore | None, extra_rows: np.ndarray,
+                   params: dict | None = None, seed: int = 42):
+    """The candidate fitted on FF++ rows plus extra (photo, swap) rows, which have no motion to measure:
+    they train the backbone only."""
+    faces, labels, inputs = _training_arrays(store, rows, extra, extra_rows)
+    motion = np.concatenate([store.motion(rows), np.full((len(extra_rows), len(MOTION_FEATURES)), np.nan, np.float32)])
+    options = TrainOptions(model=CANDIDATE, params=params or {}, seed=seed)
+    return build_estimator(options).fit(faces, labels, motion=motion, **inputs)
+
+
+MADE_FAKES = {"member_params": {**LITE0_RECIPE, "synth_ratio": 0.3}}
+"""The candidate trained on made fakes too: 30% of its real faces self-blended on the fly, plus
+``EXTRA_PHOTOS`` real-faces photos and as many cross-identity swaps of them."""
+
+
+def candidate_with_photos(data: Path, made_fakes: bool = False) -> Path:
+    """The candidate fitted on every FF++ face plus real-faces photos as real faces, saved once as a
+    model folder: does seeing real faces from outside FF++ stop the backbone calling them fake? Without
+    ``made_fakes``: all 2,000 photos; with: the ``MADE_FAKES`` recipe, as ``--methods --made-fakes``
+    cross-validates it."""
     from unmask.models.io import save_model
 
-    folder = CACHE / f"model-{CANDIDATE}-with-photos-{RECIPE}"
+    folder = CACHE / f"model-{CANDIDATE}-with-{'made-fakes' if made_fakes else 'photos'}-{RECIPE}"
     if (folder / "card.json").exists():
         return folder
     store = all_methods_store(data)
-    photos, _ = photo_stores()
-    rows, extra = np.arange(len(store)), np.arange(len(photos))
-    faces, labels, inputs = _training_arrays(store, rows, photos, extra)
-    motion = np.concatenate([store.motion(rows), np.full((len(photos), len(MOTION_FEATURES)), np.nan, np.float32)])
-    candidate = build_estimator(TrainOptions(model=CANDIDATE)).fit(faces, labels, motion=motion, **inputs)
-    card = {"title": f"{CANDIDATE} on the FF++ sample and the real-faces photos",
+    photos, swaps = photo_stores()
+    extra, extra_rows = (swaps, _draw_extra(swaps, 0)) if made_fakes else (photos, np.arange(len(photos)))
+    candidate = _fit_candidate(store, np.arange(len(store)), extra, extra_rows, MADE_FAKES if made_fakes else None)
+    card = {"title": f"{CANDIDATE} on the FF++ sample and {len(extra_rows)} real-faces photos"
+                     + (" and swaps, with self-blends" if made_fakes else ""),
             "estimator": {"name": CANDIDATE, "params": candidate.get_params()},
             "input": {"size": store.crop_size, "margin": store.margin, "detector": store.settings["faces"],
                       **candidate.preprocessing(), "motion": store.settings["motion"]},
-            "weights_dtype": "float16", "training": {"store": f"{store.root.name} + {photos.root.name}"}}
+            "weights_dtype": "float16", "training": {"store": f"{store.root.name} + {extra.root.name}"}}
     return save_model(candidate, folder, card)
 
 
@@ -366,14 +383,39 @@ METHODS_CV_NAMES = {"candidate": f"{CANDIDATE}: Lite0 and motion, weighed on hel
                     "lite0": "its EfficientNet-Lite0 alone (fine-tuned, all methods)",
                     "motion": "motion features alone, logistic regression",
                     "default": "current default: released Meso-4 + motion, logistic regression"}
+MADE_FAKES_NAMES = {"made": f"{CANDIDATE} trained on made fakes too (self-blends, photos, swaps)",
+                    "made_either": "its Lite0 or motion, whichever is surer of a fake",
+                    "made_lite0": "its EfficientNet-Lite0 alone"}
 
 
-def methods_cv(data: Path, folds: int, seeds: list[int]) -> dict[str, list[np.ndarray]]:
+def made_fakes_cv(store: FaceStore, folds: int, seed: int) -> dict[str, np.ndarray]:
+    """Out-of-fold P(fake) of the candidate trained as ``MADE_FAKES`` says (and of its backbone alone)
+    on the ``--methods`` folds: each fold's extra photos and swaps are drawn afresh; they are never scored."""
+    _, swaps = photo_stores()
+    path, scores = _scores_cache(f"methods-cv-made-fakes-{folds}-{seed}")
+    for number, (train_rows, test_rows) in enumerate(grouped_kfold(store.table, folds, seed)):
+        if f"done{number}" in scores:
+            continue
+        started = time.perf_counter()
+        for name in ("made", "made_lite0"):
+            scores.setdefault(name, np.full(len(store), np.nan))
+        candidate = _fit_candidate(store, train_rows, swaps, _draw_extra(swaps, seed * 100 + number), MADE_FAKES, seed)
+        scores["made"][test_rows] = predict_fake(candidate, store, test_rows)
+        scores["made_lite0"][test_rows] = expit(candidate.cnn_.decision_function(_faces(store, test_rows)))
+        scores[f"done{number}"] = np.array(time.perf_counter() - started)
+        _save_scores(path, scores)
+        print(f"  made fakes, seed {seed} fold {number}: {scores[f'done{number}']:.0f} s", flush=True)
+    return scores
+
+
+def methods_cv(data: Path, folds: int, seeds: list[int], made_fakes: bool = False) -> dict[str, list[np.ndarray]]:
     """Identity-grouped k-fold on all methods, under each fold assignment in ``seeds``: out-of-fold
     P(fake) of the candidate, of its backbone alone, of the motion regression alone, of the two with
-    their log-odds added, and of the current default, all on the same folds."""
+    their log-odds added, and of the current default, all on the same folds; with ``made_fakes``
+    also of the candidate trained on made fakes."""
     store = all_methods_store(data)
-    by_seed: dict[str, list[np.ndarray]] = {name: [] for name in METHODS_CV_NAMES}
+    names = {**METHODS_CV_NAMES, **(MADE_FAKES_NAMES if made_fakes else {})}
+    by_seed: dict[str, list[np.ndarray]] = {name: [] for name in names}
     for seed in seeds:
         path, scores = _scores_cache(f"methods-cv-{folds}-{seed}")
         for number, (train_rows, test_rows) in enumerate(grouped_kfold(store.table, folds, seed)):
@@ -400,7 +442,10 @@ def methods_cv(data: Path, folds: int, seeds: list[int]) -> dict[str, list[np.nd
         # Two rules over the experts alone, nothing fitted on top: functions of their scores, not stored.
         backbone, motion = logit(scores["lite0"]), logit(scores["motion"])
         scores["added"], scores["either"] = expit(backbone + motion), expit(np.maximum(backbone, motion))
-        for name in METHODS_CV_NAMES:
+        if made_fakes:
+            scores.update(made_fakes_cv(store, folds, seed))
+            scores["made_either"] = expit(np.maximum(logit(scores["made_lite0"]), motion))
+        for name in names:
             by_seed[name].append(scores[name])
     return by_seed
 
@@ -412,10 +457,11 @@ def _cell(values: list[float]) -> str:
     return f"{np.mean(values):.3f}" + (f" ± {np.std(values):.3f}" if len(values) > 1 else "")
 
 
-def methods_cv_table(data: Path, folds: int, seeds: list[int]) -> None:
+def methods_cv_table(data: Path, folds: int, seeds: list[int], made_fakes: bool = False) -> None:
     store = all_methods_store(data)
     table = store.table
-    by_seed = methods_cv(data, folds, seeds)
+    by_seed = methods_cv(data, folds, seeds, made_fakes)
+    names = {**METHODS_CV_NAMES, **MADE_FAKES_NAMES}
     print(f"data: FF++ sample, all methods + originals, c23 + c40, 16 frames a video: {len(table)} faces, "
           f"{table['video'].nunique()} videos; identity-grouped {folds}-fold CV under {len(seeds)} fold "
           f"assignment(s) (seeds {seeds}); AUCs of the out-of-fold scores pooled over the folds, each method's "
@@ -427,7 +473,7 @@ def methods_cv_table(data: Path, folds: int, seeds: list[int]) -> None:
         video = {cell: [m[cell]["video"]["roc_auc"] for m in metrics] for cell in cells}
         frame = {cell: [m[cell]["frame"]["roc_auc"] for m in metrics] for cell in cells}
         worst = [min(m[cell]["video"]["roc_auc"] for cell in cells) for m in metrics]
-        rows.append([METHODS_CV_NAMES[name], *(f"{_cell(video[cell])} / {_cell(frame[cell])}" for cell in cells),
+        rows.append([names[name], *(f"{_cell(video[cell])} / {_cell(frame[cell])}" for cell in cells),
                      _cell(worst)])
     print(markdown_table(["model (video AUC / frame AUC)", *cells, "worst video AUC"], rows))
     videos = per_method_metrics(table, by_seed["default"][0])
@@ -531,6 +577,9 @@ def main() -> None:
                         help="only: every method, per method and compression, candidates on the same folds")
     parser.add_argument("--seeds", type=lambda text: [int(s) for s in text.split(",")], default=[1],
                         help="fold assignments for --methods (default: 1)")
+    parser.add_argument("--made-fakes", action="store_true",
+                        help="--methods: also the candidate trained on made fakes (self-blends, photos, swaps); "
+                             "--false-alarms: also that candidate fitted on every face")
     parser.add_argument("--variants", action="store_true",
                         help="only: the recipe against fine-tuning its last 8 blocks and against adding made "
                              "fakes, on one fold")
@@ -545,13 +594,14 @@ def main() -> None:
     args = parser.parse_args()
     print(f"machine: {machine()}")
     if args.false_alarms is not None:
-        for model in [*(args.false_alarms or [None]), *([candidate_with_photos(args.data)] if args.with_photos
-                                                        else [])]:
+        extra = [candidate_with_photos(args.data)] if args.with_photos else []
+        extra += [candidate_with_photos(args.data, made_fakes=True)] if args.made_fakes else []
+        for model in [*(args.false_alarms or [None]), *extra]:
             real_videos_elsewhere(model)
     elif args.variants:
         variants_table(args.data, args.folds)
     elif args.methods:
-        methods_cv_table(args.data, args.folds, args.seeds)
+        methods_cv_table(args.data, args.folds, args.seeds, args.made_fakes)
     elif args.held_out:
         held_out_methods(args.data, args.folds, only_folds=args.only_folds)
     elif args.repeat_cv:

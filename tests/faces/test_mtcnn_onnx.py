@@ -74,3 +74,23 @@ def test_rejects_bad_images_and_settings(pair):
 
 def test_cpu_gets_the_torch_free_detector():
     assert isinstance(create_detector(FaceDetection(device="cpu")), OnnxMTCNN)
+
+
+def test_one_detector_shared_by_threads_finds_what_it_finds_alone(pair):
+    """``unmask check FOLDER`` and the server run several videos' detections on one detector at
+    once: each net takes its calls in turn, so no thread's batch is mixed up with another's."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    onnx_mtcnn = pair(40)[1]
+    batches = [[_make("astronaut")], face_frames(3, seed=5), [_make("two_astronauts"), _make("gradient")],
+               face_frames(2, width=640, height=360, seed=6)] * 3
+    alone = [onnx_mtcnn.detect(batch) for batch in batches]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(onnx_mtcnn.detect, batches))
+    assert sum(len(faces) for found in alone for faces in found) >= len(batches)
+    for found, reference in zip(together, alone):  # a mixed-up batch moves boxes by pixels, not by 1e-3
+        assert [len(faces) for faces in found] == [len(faces) for faces in reference]
+        for faces, expected in zip(found, reference):
+            for face, want in zip(faces, expected):
+                np.testing.assert_allclose(face.box, want.box, atol=1e-3)
+                assert face.confidence == pytest.approx(want.confidence, abs=1e-5)

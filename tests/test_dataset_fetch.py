@@ -228,7 +228,10 @@ def test_ctrl_c_stops_cleanly_and_a_rerun_completes(stand_in, source, tmp_path):
     splits = write_splits(tmp_path / "splits")
     command = [sys.executable, "-m", "unmask", "dataset", "fetch", str(root), "--script", str(script),
                "--method", "original", "--agree-tos", "--splits", str(splits)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # SIG_DFL in the child: a suite run as a background job inherits SIGINT ignored, and Python
+    # then never turns Ctrl+C into KeyboardInterrupt
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     folder = videos_folder(root, "original", "c23")
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and len([p for p in folder.glob("*.mp4")]) < 2:

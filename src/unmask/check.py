@@ -118,7 +118,8 @@ class Checker:
     """Holds the face pass and the model, loaded once (the server keeps one warm).
 
     Safe to share between threads: decoding runs in parallel, each of the detector's nets takes
-    its calls in turn (``OnnxNet``), so one video's detection overlaps another's, and the model
+    its calls in turn (``OnnxNet``; torch's, on a GPU, need no turns), so one video's detection
+    overlaps another's, and the model
     (OpenCV nets, or torch modules whose Grad-CAM hooks are shared state) scores behind a lock.
     The face pass is set up as the model's card says its training faces were made (detector,
     its settings, crop margin and size, motion sampling).
@@ -192,8 +193,8 @@ class Checker:
     def check_many(self, paths: Iterable[Path], ahead: int = 2) -> Iterator[tuple[Path, CheckResult]]:
         """(path, result) for each video, in order, with the next ``ahead`` videos decoding and
         detecting while this one is scored: a folder goes near the speed of decoding, and at most
-        ``ahead + 1`` checks hold frames at once. Two ahead keep 2 cores busier than one (1.9 cores
-        against 1.75 on the 62 c23 videos, 4-7% less wall time). Each video decodes on one thread:
+        ``ahead + 1`` checks hold frames at once. Two ahead keep 2 cores busier than one (README,
+        "Checking videos": 1.90 cores against 1.77 on the 62 c23 videos). Each video decodes on one thread:
         with several in flight the cores are busy anyway, and FFmpeg's own frame threads would only
         contend with them (``benchmarks/bench_check.py``: less CPU per video, the same results)."""
         with ThreadPoolExecutor(ahead + 1, thread_name_prefix="unmask-check") as pool:

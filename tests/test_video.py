@@ -1,6 +1,8 @@
+import av
 import numpy as np
 import pytest
 
+from unmask import video
 from unmask.config import FrameSampling
 from unmask.video import VideoError, probe, read_frames, write_video
 
@@ -89,3 +91,48 @@ def test_truncated_video_is_an_error_or_gives_the_frames_it_has(broken_files):
 def test_missing_file():
     with pytest.raises(VideoError, match="no such file"):
         probe("does/not/exist.mp4")
+
+
+def moving_texture(count, width=144, height=96):
+    """A seeded noise texture sliding a pixel per frame, so the encoder predicts across frames."""
+    texture = np.random.default_rng(0).integers(0, 256, (height, width + count, 3), np.uint8)
+    return [np.ascontiguousarray(texture[:, i:i + width]) for i in range(count)]
+
+
+def test_skipping_unreferenced_pictures_leaves_every_frame_as_decoded(tmp_path, monkeypatch):
+    """x264 writes non-reference B-frames; frames read without decoding them (except the ones
+    wanted) must equal frames read by decoding every picture."""
+    path = tmp_path / "texture.mp4"
+    write_video(path, moving_texture(120), gop=60)
+    with av.open(str(path)) as container:
+        unreferenced = video._index(container, container.streams.video[0]).unreferenced
+    assert 0 < len(unreferenced) < 120
+    wanted = [0, 7, 30, 31, 59, 60, 90, 119]
+    _, skipping = read_frames(path, wanted)
+    monkeypatch.setattr(video, "_unreferenced", lambda data, length_size: False)
+    _, decoding_all = read_frames(path, wanted)
+    assert [i for i, _ in skipping] == [i for i, _ in decoding_all] == wanted
+    for (_, a), (_, b) in zip(skipping, decoding_all):
+        assert np.array_equal(a, b)
+
+
+def test_only_streams_with_nal_lengths_are_scanned(tmp_path):
+    path = tmp_path / "mpeg4.mp4"
+    write_video(path, moving_texture(20), codec="mpeg4")
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        assert video._nal_length_size(stream) is None
+        assert video._index(container, stream).unreferenced == frozenset()
+
+
+@pytest.mark.parametrize("data, expected", [
+    (b"\x00\x00\x00\x03\x01\xaa\xbb", True),                      # one slice, nal_ref_idc 0
+    (b"\x00\x00\x00\x01\x09\x00\x00\x00\x02\x01\xaa", True),      # access unit delimiter + slice
+    (b"\x00\x00\x00\x03\x21\xaa\xbb", False),                     # a reference slice
+    (b"\x00\x00\x00\x03\x06\xaa\xbb", False),                     # SEI: keep
+    (b"\x00\x00\x00\x01\x09", False),                             # no slice at all
+    (b"\x00\x00\x00\x09\x01\xaa", False),                         # length runs past the packet
+    (b"", False),
+])
+def test_unreferenced_packet_parsing(data, expected):
+    assert video._unreferenced(data, 4) is expected

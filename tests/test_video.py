@@ -40,6 +40,19 @@ def test_frame_indices_are_exact(tmp_path, gop):
     assert [(i, read_number(image)) for i, image in frames] == [(7, 7), (100, 100), (250, 250), (299, 299)]
 
 
+def test_mpeg_program_stream_gives_every_wanted_frame(tmp_path):
+    """FFmpeg's MPEG-PS demuxer lands a GOP late after a seek and labels the frames after it one
+    off (GRID corpus clips are such files): every wanted frame must still come, each the frame asked for."""
+    path = tmp_path / "numbers.mpg"
+    write_video(path, numbered_frames(75), codec="mpeg1video", gop=12)
+    wanted = FrameSampling(step=6, max_frames=13).indices(None)
+    info, frames = read_frames(path, wanted)
+    assert info.frame_count == 75
+    assert [(i, read_number(image)) for i, image in frames] == [(i, i) for i in wanted]
+    _, frames = read_frames(path, [73, 5, 30, 31])
+    assert [(i, read_number(image)) for i, image in frames] == [(5, 5), (30, 30), (31, 31), (73, 73)]
+
+
 def test_short_video_gives_fewer_frames(tmp_path):
     path = tmp_path / "short.mp4"
     write_video(path, numbered_frames(70))

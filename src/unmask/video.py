@@ -245,22 +245,39 @@ def _decoded(container, stream, skip: frozenset[int]) -> Iterator[av.VideoFrame]
             yield from packet.decode()
 
 
+EXACT_SEEK_FORMATS = frozenset({"mov", "mp4", "matroska", "webm", "avi"})
+"""Containers with a frame index, where seeking lands on the keyframe asked for. FFmpeg's MPEG
+program and transport stream demuxers (GRID corpus clips, broadcast captures) land a GOP late and
+label the frames after a seek one frame off: those are decoded forward from the start instead."""
+
+
+def _seeks_exactly(container) -> bool:
+    return bool(EXACT_SEEK_FORMATS & set(container.format.name.split(",")))
+
+
 def _decode_wanted(container, stream, index: _Index, wanted: list[int], missing: list[int]):
     """Decode forward, seeking to a keyframe only when it lies beyond the current position, and
     skipping the pictures nothing refers to that are not wanted.
 
     Corrupt data costs only the frames it covers: the frame being sought is recorded in
-    ``missing`` and decoding starts again from the keyframe of the next wanted frame."""
+    ``missing`` and decoding starts again from the keyframe of the next wanted frame (in a
+    container that cannot seek exactly, from where the damage ended)."""
     frame_of_pts = {p: i for i, p in enumerate(index.pts)}
     skip = index.unreferenced - {index.pts[i] for i in wanted}
+    exact = _seeks_exactly(container)
     position = None  # index of the last decoded frame, None before the first seek
     decoder = None
     for number, target in enumerate(wanted):
         key = index.keyframes[bisect.bisect_right(index.keyframes, target) - 1] if index.keyframes else 0
-        if decoder is None or position is None or key > position + 1 or target <= position:
-            container.seek(index.pts[key], stream=stream, backward=True)
-            decoder = _decoded(container, stream, skip)
         try:
+            if exact and (decoder is None or position is None or key > position + 1 or target <= position):
+                container.seek(index.pts[key], stream=stream, backward=True)
+                decoder = _decoded(container, stream, skip)
+            elif not exact and (position is None or target <= position):
+                container.seek(0, unsupported_byte_offset=True)  # back to the file's first byte
+                position, decoder = None, _decoded(container, stream, skip)
+            elif decoder is None:  # past damage, where seeking cannot be trusted: go on from here
+                decoder = _decoded(container, stream, skip)
             for frame in decoder:
                 position = frame_of_pts.get(frame.pts, position + 1 if position is not None else 0)
                 if position == target:

@@ -366,5 +366,10 @@ def torch_process_group() -> Iterator[tuple[int, int]]:
         raise UnmaskError(f"cannot join the torchrun process group: {str(err).splitlines()[0]}") from None
     try:
         yield torch_world()
-    finally:
+    except BaseException:
         dist.destroy_process_group()
+        raise
+    # All together first: no process closes its connections while another still finishes its
+    # last collective (a rank torn down early can abort its peer in gloo's teardown).
+    dist.barrier()
+    dist.destroy_process_group()

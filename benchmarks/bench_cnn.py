@@ -20,12 +20,15 @@ fold assignments; ``--held-out`` leaves one method out (and trains on self-blend
 with the candidate fitted on every FF++ face and the real-faces photos). ``--made-fakes`` adds the
 candidate trained on made fakes too (self-blends, real-faces photos and swaps of them): to
 ``--methods`` cross-validated on the same folds, to ``--false-alarms`` fitted on every face.
+``--leave-source-out`` measures whether real video from outside FF++ in training stops the false
+alarms: each real-faces source checked by the candidate trained with the other sources' videos.
 
     python benchmarks/bench_cnn.py [--folds 5] [--generalisation | --repeat-cv 8]
     python benchmarks/bench_cnn.py --methods --folds 5 --seeds 1,2 [--made-fakes]
     python benchmarks/bench_cnn.py --held-out --folds 2 --only-folds 1
     python benchmarks/bench_cnn.py --variants --folds 5
     python benchmarks/bench_cnn.py --false-alarms src/unmask/models/default --with-photos [--made-fakes]
+    python benchmarks/bench_cnn.py --leave-source-out
 """
 from __future__ import annotations
 
@@ -227,16 +230,17 @@ def generalisation_tables(data: Path) -> None:
     real_videos_elsewhere()
 
 
-def real_videos_elsewhere(model: Path | None = None) -> None:
+def real_videos_elsewhere(model: Path | None = None, sources: set[str] | None = None) -> dict[str, tuple[int, int]]:
     """A model's verdicts (the packaged default unless ``model`` is given), through ``Checker`` as
-    ``unmask check`` gives them, on real talking-head videos from other sources than FF++: none of
-    them trained or chose the model, so every FAKE is a false alarm measured outside the data the
-    design was tuned on."""
+    ``unmask check`` gives them, on real talking-head videos from other sources than FF++ (only
+    ``sources``, when given): none of them trained or chose the model, so every FAKE is a false alarm
+    measured outside the data the design was tuned on. Returns (videos, false alarms) per source."""
     checker = Checker(model)  # default settings
     by_source: dict[str, list[float | None]] = {}  # None: no verdict (no face found, unreadable)
     for video in real_sources(require(SHARED_DATA / "real-faces")):
-        if video.path.suffix.lower() in VIDEO_SUFFIXES:
-            by_source.setdefault(video.key.split("/")[0], []).append(checker.check(video.path).fake_probability)
+        source = video.key.split("/")[0]
+        if video.path.suffix.lower() in VIDEO_SUFFIXES and (sources is None or source in sources):
+            by_source.setdefault(source, []).append(checker.check(video.path).fake_probability)
     rows = []
     for source, scores in by_source.items():
         judged = [p for p in scores if p is not None]
@@ -247,17 +251,18 @@ def real_videos_elsewhere(model: Path | None = None) -> None:
           f"{checker.model.threshold:.3f}) on real videos from elsewhere (real-faces/): {alarms} false alarm(s) in "
           f"{sum(row[1] for row in rows)}")
     print(markdown_table(["source", "videos", "no verdict", "called FAKE", "median P(fake)", "highest P(fake)"], rows))
+    return {row[0]: (row[1], row[3]) for row in rows}
 
 
-def _real_faces_store() -> FaceStore:
-    """Faces of the real talking-head videos (no fakes) with the CNN crop settings."""
+def _real_faces_store(frames: FrameSampling = FrameSampling(), name: str = "real-faces-m30") -> FaceStore:
+    """Faces of the real talking-head videos (no fakes) with the CNN crop settings, ``frames`` of each."""
     from unmask.datasets import DatasetScan
 
-    path = CACHE / "real-faces-m30"
+    path = CACHE / name
     if not (path / "faces.csv").exists():
         folder = require(SHARED_DATA / "real-faces")
         videos = [v for v in real_sources(folder) if not v.key.startswith("utkface")]
-        still = PrepareConfig(faces=CNN_CROPS.faces)  # self-blends are stills: no motion to measure
+        still = PrepareConfig(frames=frames, faces=CNN_CROPS.faces)  # self-blends are stills: no motion
         prepare_dataset(DatasetScan(root=folder, layout="real", videos=videos), path, still,
                         runner=cluster_runner(still, workers=2))
     return FaceStore(path)
@@ -300,11 +305,12 @@ def photo_stores() -> tuple[FaceStore, FaceStore]:
                     else synthesize_store(photos, swaps, kinds=("swap",), seed=0))
 
 
-def _training_arrays(store: FaceStore, rows: np.ndarray, extra: FaceStore | None, extra_rows: np.ndarray):
-    """Faces, labels and per-face inputs of FF++ rows plus extra (photo) rows, for ``TorchFaceClassifier.fit``."""
+def _training_arrays(store: FaceStore, rows: np.ndarray, extras: list[tuple[FaceStore, np.ndarray]] = ()):
+    """Faces, labels and per-face inputs of FF++ rows plus the rows of extra stores (photos, swaps, real
+    videos from elsewhere), for ``TorchFaceClassifier.fit``."""
     from unmask.splits import identity_groups
 
-    parts = [(store, rows)] + ([(extra, extra_rows)] if extra is not None and len(extra_rows) else [])
+    parts = [(store, rows), *((extra, extra_rows) for extra, extra_rows in extras if len(extra_rows))]
     tables = [s.table.iloc[r] for s, r in parts]
     faces = np.concatenate([np.asarray(_faces(s, r)) for s, r in parts])
     ids = np.concatenate([t["ids"].astype(str).to_numpy() for t in tables])
@@ -313,12 +319,13 @@ def _training_arrays(store: FaceStore, rows: np.ndarray, extra: FaceStore | None
         "methods": np.concatenate([t["method"].astype(str).to_numpy() for t in tables])}
 
 
-def _fit_candidate(store: FaceStore, rows: np.ndarray, extra: FaceStore | None, extra_rows: np.ndarray,
+def _fit_candidate(store: FaceStore, rows: np.ndarray, extras: list[tuple[FaceStore, np.ndarray]],
                    params: dict | None = None, seed: int = 42):
-    """The candidate fitted on FF++ rows plus extra (photo, swap) rows, which have no motion to measure:
-    they train the backbone only."""
-    faces, labels, inputs = _training_arrays(store, rows, extra, extra_rows)
-    motion = np.concatenate([store.motion(rows), np.full((len(extra_rows), len(MOTION_FEATURES)), np.nan, np.float32)])
+    """The candidate fitted on FF++ rows plus extra (photo, swap, real video) rows, which have no motion
+    measured: they train the backbone only."""
+    faces, labels, inputs = _training_arrays(store, rows, extras)
+    extra_count = sum(len(extra_rows) for _, extra_rows in extras)
+    motion = np.concatenate([store.motion(rows), np.full((extra_count, len(MOTION_FEATURES)), np.nan, np.float32)])
     options = TrainOptions(model=CANDIDATE, params=params or {}, seed=seed)
     return build_estimator(options).fit(faces, labels, motion=motion, **inputs)
 
@@ -333,22 +340,65 @@ def candidate_with_photos(data: Path, made_fakes: bool = False) -> Path:
     model folder: does seeing real faces from outside FF++ stop the backbone calling them fake? Without
     ``made_fakes``: all 2,000 photos; with: the ``MADE_FAKES`` recipe, as ``--methods --made-fakes``
     cross-validates it."""
-    from unmask.models.io import save_model
-
     folder = CACHE / f"model-{CANDIDATE}-with-{'made-fakes' if made_fakes else 'photos'}-{RECIPE}"
     if (folder / "card.json").exists():
         return folder
     store = all_methods_store(data)
     photos, swaps = photo_stores()
     extra, extra_rows = (swaps, _draw_extra(swaps, 0)) if made_fakes else (photos, np.arange(len(photos)))
-    candidate = _fit_candidate(store, np.arange(len(store)), extra, extra_rows, MADE_FAKES if made_fakes else None)
-    card = {"title": f"{CANDIDATE} on the FF++ sample and {len(extra_rows)} real-faces photos"
-                     + (" and swaps, with self-blends" if made_fakes else ""),
-            "estimator": {"name": CANDIDATE, "params": candidate.get_params()},
+    title = (f"{CANDIDATE} on the FF++ sample and {len(extra_rows)} real-faces photos"
+             + (" and swaps, with self-blends" if made_fakes else ""))
+    return _save_candidate(folder, store, [(extra, extra_rows)], title, MADE_FAKES if made_fakes else None)
+
+
+def _save_candidate(folder: Path, store: FaceStore, extras: list[tuple[FaceStore, np.ndarray]], title: str,
+                    params: dict | None = None) -> Path:
+    """The candidate fitted on every FF++ face plus ``extras``, saved as a model folder."""
+    from unmask.models.io import save_model
+
+    candidate = _fit_candidate(store, np.arange(len(store)), extras, params)
+    card = {"title": title, "estimator": {"name": CANDIDATE, "params": candidate.get_params()},
             "input": {"size": store.crop_size, "margin": store.margin, "detector": store.settings["faces"],
                       **candidate.preprocessing(), "motion": store.settings["motion"]},
-            "weights_dtype": "float16", "training": {"store": f"{store.root.name} + {extra.root.name}"}}
+            "weights_dtype": "float16",
+            "training": {"store": " + ".join([store.root.name, *(extra.root.name for extra, _ in extras)])}}
     return save_model(candidate, folder, card)
+
+
+REAL_VIDEO_FRAMES = FrameSampling(step=6, max_frames=24)
+"""The real-faces videos as training material: 1 frame in 6, at most 24 a video (a 3-s GRID clip gives 13)."""
+
+
+def leave_one_source_out(data: Path) -> None:
+    """False alarms on real video of a source never trained on, with real video from the other sources
+    in training: for each real-faces source, the candidate fitted on every FF++ face, the 2,000
+    real-faces photos and the faces of the *other* sources' videos (all as real faces), then that
+    source's videos checked as ``unmask check`` checks them. Beside it the candidate fitted on FF++ and
+    the photos only (``--with-photos``), checked on the same videos: what real video from elsewhere adds."""
+    store = all_methods_store(data)
+    photos, _ = photo_stores()
+    videos = _real_faces_store(REAL_VIDEO_FRAMES, "real-faces-m30-f24")
+    source = videos.table["video"].astype(str).str.split("/").str[0].to_numpy()
+    photos_only = real_videos_elsewhere(candidate_with_photos(data))
+    rows = []
+    for name, (count, photo_alarms) in photos_only.items():
+        folder = CACHE / f"model-{CANDIDATE}-without-{name}-{RECIPE}"
+        others = np.flatnonzero(source != name)
+        if not (folder / "card.json").exists():
+            started = time.perf_counter()
+            _save_candidate(folder, store, [(photos, np.arange(len(photos))), (videos, others)],
+                            f"{CANDIDATE} on the FF++ sample, {len(photos)} real-faces photos and {len(others)} "
+                            f"faces of real-faces videos not from {name}")
+            print(f"  without {name}: fitted in {time.perf_counter() - started:.0f} s", flush=True)
+        alarms = real_videos_elsewhere(folder, {name})[name][1]
+        rows.append([name, count, photo_alarms, alarms,
+                     f"{len(others)} faces of {len(set(videos.table['video'].iloc[others]))} videos"])
+    print("false alarms on each real-faces source, never trained on; the candidate fitted on every FF++ face and "
+          "the 2,000 real-faces photos, without and with the other sources' videos (1 frame in 6, at most 24 a "
+          "video) as real faces")
+    print(markdown_table(["source", "videos", "FF++ + photos", "FF++ + photos + other sources' videos",
+                          "other sources' faces trained on"],
+                         [*rows, ["all", *(sum(r[i] for r in rows) for i in (1, 2, 3)), ""]]))
 
 
 def _draw_extra(swaps: FaceStore, seed: int, reals_only: bool = False) -> np.ndarray:
@@ -399,7 +449,8 @@ def made_fakes_cv(store: FaceStore, folds: int, seed: int) -> dict[str, np.ndarr
         started = time.perf_counter()
         for name in ("made", "made_lite0"):
             scores.setdefault(name, np.full(len(store), np.nan))
-        candidate = _fit_candidate(store, train_rows, swaps, _draw_extra(swaps, seed * 100 + number), MADE_FAKES, seed)
+        candidate = _fit_candidate(store, train_rows, [(swaps, _draw_extra(swaps, seed * 100 + number))],
+                                   MADE_FAKES, seed)
         scores["made"][test_rows] = predict_fake(candidate, store, test_rows)
         scores["made_lite0"][test_rows] = expit(candidate.cnn_.decision_function(_faces(store, test_rows)))
         scores[f"done{number}"] = np.array(time.perf_counter() - started)
@@ -508,7 +559,7 @@ def held_out_methods(data: Path, folds: int, seed: int = 1, only_folds: int | No
                 keep = train_rows[method[train_rows] != left_out]
                 extra, params = _draw_extra(swaps, seed * 100 + number), {"synth_ratio": 0.3}
             lite0 = _backbone(params, seed=seed)
-            faces, labels, inputs = _training_arrays(store, keep, swaps, extra)
+            faces, labels, inputs = _training_arrays(store, keep, [(swaps, extra)])
             lite0.fit(faces, labels, **inputs)
             del faces
             scores["lite0"][test_rows] = predict_fake(lite0, store, test_rows)
@@ -545,8 +596,8 @@ def variants_table(data: Path, folds: int, seed: int = 1, number: int = 0) -> No
         if "lite0" not in scores:
             started = time.perf_counter()
             lite0 = _backbone(params, seed=seed)
-            faces, labels, inputs = _training_arrays(store, train_rows, swaps if extra else None,
-                                                     _draw_extra(swaps, seed * 100 + number) if extra else [])
+            faces, labels, inputs = _training_arrays(
+                store, train_rows, [(swaps, _draw_extra(swaps, seed * 100 + number))] if extra else [])
             lite0.fit(faces, labels, **inputs)
             scores["lite0"] = np.full(len(store), np.nan)
             scores["lite0"][test_rows] = predict_fake(lite0, store, test_rows)
@@ -591,9 +642,14 @@ def main() -> None:
                              "videos through `unmask check`")
     parser.add_argument("--with-photos", action="store_true",
                         help="--false-alarms: also the candidate fitted with the real-faces photos as real faces")
+    parser.add_argument("--leave-source-out", action="store_true",
+                        help="only: false alarms on each real-faces source with the other sources' videos in "
+                             "training (and the --with-photos candidate beside it)")
     args = parser.parse_args()
     print(f"machine: {machine()}")
-    if args.false_alarms is not None:
+    if args.leave_source_out:
+        leave_one_source_out(args.data)
+    elif args.false_alarms is not None:
         extra = [candidate_with_photos(args.data)] if args.with_photos else []
         extra += [candidate_with_photos(args.data, made_fakes=True)] if args.made_fakes else []
         for model in [*(args.false_alarms or [None]), *extra]:

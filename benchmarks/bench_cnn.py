@@ -28,7 +28,7 @@ alarms: each real-faces source checked by the candidate trained with the other s
     python benchmarks/bench_cnn.py --held-out --folds 2 --only-folds 1
     python benchmarks/bench_cnn.py --variants --folds 5
     python benchmarks/bench_cnn.py --false-alarms src/unmask/models/default --with-photos [--made-fakes]
-    python benchmarks/bench_cnn.py --leave-source-out
+    python benchmarks/bench_cnn.py --leave-source-out [--fit-seed 42]
 """
 from __future__ import annotations
 
@@ -335,12 +335,12 @@ MADE_FAKES = {"member_params": {**LITE0_RECIPE, "synth_ratio": 0.3}}
 ``EXTRA_PHOTOS`` real-faces photos and as many cross-identity swaps of them."""
 
 
-def candidate_with_photos(data: Path, made_fakes: bool = False) -> Path:
+def candidate_with_photos(data: Path, made_fakes: bool = False, seed: int = 42) -> Path:
     """The candidate fitted on every FF++ face plus real-faces photos as real faces, saved once as a
     model folder: does seeing real faces from outside FF++ stop the backbone calling them fake? Without
     ``made_fakes``: all 2,000 photos; with: the ``MADE_FAKES`` recipe, as ``--methods --made-fakes``
     cross-validates it."""
-    folder = CACHE / f"model-{CANDIDATE}-with-{'made-fakes' if made_fakes else 'photos'}-{RECIPE}"
+    folder = CACHE / f"model-{CANDIDATE}-with-{'made-fakes' if made_fakes else 'photos'}-{RECIPE}-seed{seed}"
     if (folder / "card.json").exists():
         return folder
     store = all_methods_store(data)
@@ -348,15 +348,15 @@ def candidate_with_photos(data: Path, made_fakes: bool = False) -> Path:
     extra, extra_rows = (swaps, _draw_extra(swaps, 0)) if made_fakes else (photos, np.arange(len(photos)))
     title = (f"{CANDIDATE} on the FF++ sample and {len(extra_rows)} real-faces photos"
              + (" and swaps, with self-blends" if made_fakes else ""))
-    return _save_candidate(folder, store, [(extra, extra_rows)], title, MADE_FAKES if made_fakes else None)
+    return _save_candidate(folder, store, [(extra, extra_rows)], title, MADE_FAKES if made_fakes else None, seed)
 
 
 def _save_candidate(folder: Path, store: FaceStore, extras: list[tuple[FaceStore, np.ndarray]], title: str,
-                    params: dict | None = None) -> Path:
+                    params: dict | None = None, seed: int = 42) -> Path:
     """The candidate fitted on every FF++ face plus ``extras``, saved as a model folder."""
     from unmask.models.io import save_model
 
-    candidate = _fit_candidate(store, np.arange(len(store)), extras, params)
+    candidate = _fit_candidate(store, np.arange(len(store)), extras, params, seed)
     card = {"title": title, "estimator": {"name": CANDIDATE, "params": candidate.get_params()},
             "input": {"size": store.crop_size, "margin": store.margin, "detector": store.settings["faces"],
                       **candidate.preprocessing(), "motion": store.settings["motion"]},
@@ -369,7 +369,7 @@ REAL_VIDEO_FRAMES = FrameSampling(step=6, max_frames=24)
 """The real-faces videos as training material: 1 frame in 6, at most 24 a video (a 3-s GRID clip gives 13)."""
 
 
-def leave_one_source_out(data: Path) -> None:
+def leave_one_source_out(data: Path, seed: int = 42) -> None:
     """False alarms on real video of a source never trained on, with real video from the other sources
     in training: for each real-faces source, the candidate fitted on every FF++ face, the 2,000
     real-faces photos and the faces of the *other* sources' videos (all as real faces), then that
@@ -379,23 +379,23 @@ def leave_one_source_out(data: Path) -> None:
     photos, _ = photo_stores()
     videos = _real_faces_store(REAL_VIDEO_FRAMES, "real-faces-m30-f24")
     source = videos.table["video"].astype(str).str.split("/").str[0].to_numpy()
-    photos_only = real_videos_elsewhere(candidate_with_photos(data))
+    photos_only = real_videos_elsewhere(candidate_with_photos(data, seed=seed))
     rows = []
     for name, (count, photo_alarms) in photos_only.items():
-        folder = CACHE / f"model-{CANDIDATE}-without-{name}-{RECIPE}"
+        folder = CACHE / f"model-{CANDIDATE}-without-{name}-{RECIPE}-seed{seed}"
         others = np.flatnonzero(source != name)
         if not (folder / "card.json").exists():
             started = time.perf_counter()
             _save_candidate(folder, store, [(photos, np.arange(len(photos))), (videos, others)],
                             f"{CANDIDATE} on the FF++ sample, {len(photos)} real-faces photos and {len(others)} "
-                            f"faces of real-faces videos not from {name}")
+                            f"faces of real-faces videos not from {name}", seed=seed)
             print(f"  without {name}: fitted in {time.perf_counter() - started:.0f} s", flush=True)
         alarms = real_videos_elsewhere(folder, {name})[name][1]
         rows.append([name, count, photo_alarms, alarms,
                      f"{len(others)} faces of {len(set(videos.table['video'].iloc[others]))} videos"])
-    print("false alarms on each real-faces source, never trained on; the candidate fitted on every FF++ face and "
-          "the 2,000 real-faces photos, without and with the other sources' videos (1 frame in 6, at most 24 a "
-          "video) as real faces")
+    print(f"false alarms on each real-faces source, never trained on; the candidate (fit seed {seed}) fitted on "
+          "every FF++ face and the 2,000 real-faces photos, without and with the other sources' videos (1 frame "
+          "in 6, at most 24 a video) as real faces")
     print(markdown_table(["source", "videos", "FF++ + photos", "FF++ + photos + other sources' videos",
                           "other sources' faces trained on"],
                          [*rows, ["all", *(sum(r[i] for r in rows) for i in (1, 2, 3)), ""]]))
@@ -645,13 +645,16 @@ def main() -> None:
     parser.add_argument("--leave-source-out", action="store_true",
                         help="only: false alarms on each real-faces source with the other sources' videos in "
                              "training (and the --with-photos candidate beside it)")
+    parser.add_argument("--fit-seed", type=int, default=42,
+                        help="seed of the candidates fitted on every face (--with-photos, --leave-source-out): "
+                             "how much their false alarms swing from one training run to the next")
     args = parser.parse_args()
     print(f"machine: {machine()}")
     if args.leave_source_out:
-        leave_one_source_out(args.data)
+        leave_one_source_out(args.data, args.fit_seed)
     elif args.false_alarms is not None:
-        extra = [candidate_with_photos(args.data)] if args.with_photos else []
-        extra += [candidate_with_photos(args.data, made_fakes=True)] if args.made_fakes else []
+        extra = [candidate_with_photos(args.data, seed=args.fit_seed)] if args.with_photos else []
+        extra += [candidate_with_photos(args.data, made_fakes=True, seed=args.fit_seed)] if args.made_fakes else []
         for model in [*(args.false_alarms or [None]), *extra]:
             real_videos_elsewhere(model)
     elif args.variants:

@@ -149,3 +149,37 @@ def test_only_streams_with_nal_lengths_are_scanned(tmp_path):
 ])
 def test_unreferenced_packet_parsing(data, expected):
     assert video._unreferenced(data, 4) is expected
+
+
+@pytest.mark.parametrize("pix_fmt,size", [("yuv420p", (144, 96)), ("yuvj420p", (144, 96)),
+                                          ("yuv422p", (144, 96)), ("yuv444p", (143, 95))])
+def test_partial_frames_convert_regions_to_the_pixels_of_the_whole_frame(tmp_path, pix_fmt, size):
+    """A region of a frame kept in its own format equals the same region of the frame converted
+    whole, at any position and size (odd bounds, chroma rows and columns split, the frame's edges)."""
+    width, height = size
+    path = tmp_path / f"{pix_fmt}.mp4"
+    write_video(path, moving_texture(12, width, height), pix_fmt=pix_fmt)
+    wanted = [0, 5, 11]
+    _, whole = read_frames(path, wanted)
+    partial = list(video.stream_frames(path, wanted, partial=lambda i: i != 5).frames)
+    assert [i for i, _ in partial] == wanted
+    assert isinstance(partial[1][1], np.ndarray) and np.array_equal(partial[1][1], whole[1][1])
+    rng = np.random.default_rng(0)
+    for (_, frame), (_, image) in zip(partial[::2], whole[::2]):
+        assert isinstance(frame, video.PartialFrame) and frame.shape == image.shape
+        regions = [(0, 0, width, height), (1, 1, 2, 2), (width - 1, height - 1, width, height)]
+        for _ in range(40):
+            left, top = int(rng.integers(0, width - 1)), int(rng.integers(0, height - 1))
+            regions.append((left, top, int(rng.integers(left + 1, width + 1)), int(rng.integers(top + 1, height + 1))))
+        for left, top, right, bottom in regions:
+            assert np.array_equal(frame.region(left, top, right, bottom), image[top:bottom, left:right])
+
+
+def test_frames_that_cannot_be_cut_by_region_come_whole(tmp_path):
+    """Rotated or scaled frames (and formats outside CHROMA_SHIFT) are converted whole, as before."""
+    rotated, plain = tmp_path / "rotated.mp4", tmp_path / "plain.mp4"
+    write_video(rotated, moving_texture(3), rotation=90)
+    write_video(plain, moving_texture(3))
+    for path, max_side in ((rotated, None), (plain, 100)):
+        frames = video.stream_frames(path, [0, 2], max_side=max_side, partial=lambda i: True).frames
+        assert all(isinstance(image, np.ndarray) for _, image in frames)

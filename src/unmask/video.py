@@ -8,6 +8,11 @@ FF++ videos have long keyframe intervals, so 7 frames at a step of 30 decode str
 On the way, H.264 pictures that no other picture refers to (x264's non-reference B-frames, 45% of
 an FF++ c23 video) are not decoded unless wanted: dropping them leaves every other frame's pixels
 as they are (tests/test_video.py) and saves a quarter of the CPU time of decoding check's frames.
+
+Converting a decoded picture to RGB can cost more than decoding it (FF++'s yuv444p frames). A
+caller that will only look at part of some frames (motion measures each face's region in the
+frames after it) asks for those as ``PartialFrame``: kept in the decoder's pixel format,
+converted one region at a time, to the same pixels as the whole frame would have.
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 from unmask.errors import UnmaskError
 
@@ -164,6 +170,52 @@ def fitted_size(width: int, height: int, max_side: int | None) -> tuple[int, int
     return max(2, int(round(width * scale / 2)) * 2), max(2, int(round(height * scale / 2)) * 2)
 
 
+CHROMA_SHIFT = {"yuv420p": (1, 1), "yuvj420p": (1, 1), "yuv422p": (1, 0), "yuvj422p": (1, 0),
+                "yuv444p": (0, 0), "yuvj444p": (0, 0)}
+"""Planar 8-bit formats a ``PartialFrame`` converts by region, with their chroma planes' (x, y)
+subsampling as bit shifts. Others (high bit depth, packed, NV12) are converted whole."""
+
+
+class PartialFrame:
+    """A decoded picture kept in its own pixel format; ``region`` converts only the part asked for.
+
+    Exact: a region is cut from the planes on chroma-aligned, even bounds and converted by the
+    same FFmpeg conversion with the frame's colour tags, so its pixels equal those of the whole
+    frame converted (tests/test_video.py, over random regions of each format in ``CHROMA_SHIFT``)."""
+
+    def __init__(self, frame: av.VideoFrame):
+        self.frame = frame
+        self.shape = (frame.height, frame.width, 3)
+
+    @staticmethod
+    def supports(frame: av.VideoFrame) -> bool:
+        """Upright frames of the formats in ``CHROMA_SHIFT``, with even sides where chroma is subsampled
+        (FFmpeg converts odd-sized 4:2:0 pictures another way)."""
+        shift_x, shift_y = CHROMA_SHIFT.get(frame.format.name, (None, None))
+        return shift_x is not None and not _rotation(frame) and not (frame.width % 2 and shift_x) \
+            and not (frame.height % 2 and shift_y)
+
+    def region(self, left: int, top: int, right: int, bottom: int) -> np.ndarray:
+        """RGB uint8 pixels [top:bottom, left:right] of the frame (bounds inside it), converted on
+        the calling thread (a region is too small for FFmpeg's slice threads to pay)."""
+        frame = self.frame
+        shift_x, shift_y = CHROMA_SHIFT[frame.format.name]
+        x0, y0 = left & ~1, top & ~1
+        x1, y1 = min(frame.width, right + (right & 1)), min(frame.height, bottom + (bottom & 1))
+        part = av.VideoFrame(x1 - x0, y1 - y0, frame.format.name)
+        for plane, (source, target) in enumerate(zip(frame.planes, part.planes)):
+            sx, sy = (shift_x, shift_y) if plane else (0, 0)
+            pixels = np.frombuffer(source, np.uint8).reshape(source.height, source.line_size)
+            out = np.frombuffer(target, np.uint8).reshape(target.height, target.line_size)
+            out[:, :target.width] = pixels[y0 >> sy:(y0 >> sy) + target.height, x0 >> sx:(x0 >> sx) + target.width]
+        part.colorspace, part.color_range = frame.colorspace, frame.color_range
+        rgb = VideoReformatter().reformat(part, format="rgb24", threads=1).to_ndarray()
+        return rgb[top - y0:bottom - y0, left - x0:right - x0]
+
+
+Frame = np.ndarray | PartialFrame
+
+
 @dataclass
 class FrameStream:
     """Frames decoded one by one, in index order: a caller that drops each frame after use holds
@@ -174,19 +226,22 @@ class FrameStream:
     wanted: list[int]
     scale: float
     """Returned frame side / the video's own (1.0 unless ``max_side`` shrank it)."""
-    frames: Iterator[tuple[int, np.ndarray]]
+    frames: Iterator[tuple[int, Frame]]
+    """(index, RGB uint8 image), or a ``PartialFrame`` for the indices ``partial`` chose where the
+    frame allows it (unscaled, upright, a format in ``CHROMA_SHIFT``)."""
     missing: list[int]
 
 
 def stream_frames(path: Path, indices: list[int] | Callable[[int], list[int]], threads: int = 0,
-                  max_side: int | None = None) -> FrameStream:
+                  max_side: int | None = None, partial: Callable[[int], bool] | None = None) -> FrameStream:
     """Decode the frames at ``indices`` (presentation order) as RGB uint8, upright, lazily.
 
     ``indices`` may be a function of the frame count (e.g. evenly spread frames), so the file is
     demuxed once. Indices past the end are dropped. Frames whose longer side exceeds ``max_side``
     are scaled down by FFmpeg as they are converted (area averaging), so a full-size RGB copy of a
-    4K or 8K frame never exists. ``threads`` = 0 lets FFmpeg choose. Raises VideoError when not a
-    single wanted frame decodes.
+    4K or 8K frame never exists. ``threads`` = 0 lets FFmpeg choose, for decoding and converting.
+    Frames whose index ``partial`` accepts come as ``PartialFrame`` when they can. Raises
+    VideoError when not a single wanted frame decodes.
     """
     container = open_video(path)
     try:
@@ -217,12 +272,17 @@ def stream_frames(path: Path, indices: list[int] | Callable[[int], list[int]], t
     out_w, out_h = fitted_size(stored_w, stored_h, max_side)
     width, height = (stored_w, stored_h) if rotation % 180 == 0 else (stored_h, stored_w)
 
-    def convert() -> Iterator[tuple[int, np.ndarray]]:
+    def convert() -> Iterator[tuple[int, Frame]]:
+        reformatter = VideoReformatter()  # one conversion context for the whole stream
         try:
             for i, frame in itertools.chain([first], decoded):
-                size = {} if (out_w, out_h) == (frame.width, frame.height) else \
-                    {"width": out_w, "height": out_h, "interpolation": "AREA"}
-                yield i, _upright(frame.to_ndarray(format="rgb24", **size), _rotation(frame))
+                same_size = (out_w, out_h) == (frame.width, frame.height)
+                if same_size and partial is not None and partial(i) and PartialFrame.supports(frame):
+                    yield i, PartialFrame(frame)
+                    continue
+                size = {} if same_size else {"width": out_w, "height": out_h, "interpolation": "AREA"}
+                rgb = reformatter.reformat(frame, format="rgb24", threads=threads, **size).to_ndarray()
+                yield i, _upright(rgb, _rotation(frame))
         finally:
             container.close()
 
@@ -295,14 +355,15 @@ def _decode_wanted(container, stream, index: _Index, wanted: list[int], missing:
 
 
 def write_video(path: Path, frames, fps: int = 25, codec: str = "libx264", rotation: int = 0,
-                gop: int | None = None) -> None:
+                gop: int | None = None, pix_fmt: str = "yuv420p") -> None:
     """Encode RGB uint8 frames to a video file (for samples and test fixtures)."""
     frames = list(frames)
     height, width = frames[0].shape[:2]
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream(codec, rate=fps)
-        stream.width, stream.height = width - width % 2, height - height % 2
-        stream.pix_fmt = "yuv420p"
+        shift_x, shift_y = CHROMA_SHIFT.get(pix_fmt, (1, 1))
+        stream.width, stream.height = width - width % 2 * shift_x, height - height % 2 * shift_y
+        stream.pix_fmt = pix_fmt
         if codec == "libx264":
             stream.options = {"preset": "veryfast"}
         if gop:

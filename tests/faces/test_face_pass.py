@@ -67,6 +67,27 @@ def test_batches_bound_what_is_held_and_change_nothing(face_video, monkeypatch):
         np.testing.assert_allclose(alone.box, by_frame[frame].box, atol=1e-3)  # the detector's batch rounding
 
 
+def test_neighbour_frames_converted_only_where_the_faces_are_change_nothing(face_video, monkeypatch):
+    """The frames after each sampled one come as ``PartialFrame``s (only the faces' regions are
+    converted to RGB); the faces and their motion must be those measured on whole frames."""
+    import unmask.video
+
+    frames = [0, 40, 120, 198]  # the last has one frame after it, of the 200
+    converted = []
+    region = unmask.video.PartialFrame.region
+    monkeypatch.setattr(unmask.video.PartialFrame, "region",
+                        lambda self, *bounds: converted.append(bounds) or region(self, *bounds))
+    one_pass = FacePass(FaceDetection(size=64, margin=0.3), MOTION_ON)
+    partial = one_pass.run(face_video, frames)
+    assert len(converted) == 3 * 3 + 1  # one region per face in each neighbour frame
+    monkeypatch.setattr(unmask.video.PartialFrame, "supports", staticmethod(lambda frame: False))
+    whole = one_pass.run(face_video, frames)
+    assert [f.frame for f in partial.faces] == [f.frame for f in whole.faces] == frames
+    for a, b in zip(partial.faces, whole.faces):
+        assert a.box == b.box and np.array_equal(a.crop, b.crop)
+        assert np.array_equal(a.motion, b.motion, equal_nan=True)
+
+
 def test_large_frames_are_scaled_and_boxes_reported_in_the_videos_own_pixels(tmp_path):
     big = [np.kron(frame, np.ones((2, 2, 1), np.uint8)) for frame in face_frames(8, width=480, height=320)]
     path = tmp_path / "big.mp4"

@@ -2,9 +2,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
+
+if TYPE_CHECKING:
+    from unmask.video import Frame
 
 
 def crop_box(box: Sequence[float], image_shape: tuple[int, ...], margin: float = 0.0) -> tuple[int, int, int, int]:
@@ -18,12 +22,16 @@ def crop_box(box: Sequence[float], image_shape: tuple[int, ...], margin: float =
     return left, top, max(right, left + 1), max(bottom, top + 1)
 
 
-def crop_face(image: np.ndarray, box: Sequence[float], margin: float = 0.0, size: int = 320,
+def crop_face(image: Frame, box: Sequence[float], margin: float = 0.0, size: int = 320,
               grey: bool = False) -> np.ndarray:
     """A ``size`` x ``size`` x 3 uint8 face crop (area interpolation when shrinking, cubic when growing);
-    ``grey``: ``size`` x ``size`` luma, made before resizing (a third of the work) and grown linearly."""
+    ``grey``: ``size`` x ``size`` luma, made before resizing (a third of the work) and grown linearly.
+    ``image``: an RGB frame, or a ``PartialFrame`` of which only the region cut is converted."""
     left, top, right, bottom = crop_box(box, image.shape, margin)
-    region = image[top:bottom, left:right]
+    if isinstance(image, np.ndarray):
+        region = image[top:bottom, left:right]
+    else:
+        region = image.region(left, top, right, bottom)
     shrinking = region.shape[0] > size or region.shape[1] > size
     if grey:
         region = cv2.cvtColor(region, cv2.COLOR_RGB2GRAY)

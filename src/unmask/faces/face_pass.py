@@ -130,8 +130,12 @@ class FacePass:
                 frame_list.extend(sorted({i for i in chosen if 0 <= i < frame_count}))
                 return wanted_frames(frame_list, self.motion)
 
+            def neighbour_only(index: int) -> bool:
+                """Motion looks only at the faces' regions of a frame that is not itself sampled."""
+                return index not in frame_list
+
             threads = self.decode_threads if decode_threads is None else decode_threads
-            frames = stream_frames(Path(path), wanted, threads, self.detection.max_side)
+            frames = stream_frames(Path(path), wanted, threads, self.detection.max_side, partial=neighbour_only)
             info, stream, scale, offsets = frames.info, frames.frames, frames.scale, self.motion.offsets
             sampled_frames = frame_list
         result = FacePassResult(info, sampled_frames, [], photo=info.frame_count == 1)

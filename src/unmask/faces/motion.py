@@ -24,12 +24,16 @@ import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
 from unmask.config import MotionSampling
 from unmask.faces.crop import crop_face, keypoints_in_crop
+
+if TYPE_CHECKING:
+    from unmask.video import Frame
 
 REGIONS = ("face", "edge", "outside")
 MOTION_FEATURES = (
@@ -121,10 +125,11 @@ def pair_features(first: np.ndarray, second: np.ndarray, averager: np.ndarray,
     ], dtype=np.float32)
 
 
-def motion_features(images: Sequence[np.ndarray], box: Sequence[float], keypoints: np.ndarray,
+def motion_features(images: Sequence[Frame], box: Sequence[float], keypoints: np.ndarray,
                     margin: float, settings: MotionSampling) -> np.ndarray:
     """``MOTION_FEATURES`` of one detected face: ``images[0]`` is the frame it was found in
-    (RGB), the rest the frames after it (as many of ``settings.offsets`` as the video has).
+    (RGB), the rest the frames after it (as many of ``settings.offsets`` as the video has; RGB or
+    ``PartialFrame``, of which only the face's region is converted).
     The face's crop region (its box grown by ``margin``) is cut from every frame alike.
     All NaN when there is no later frame (a photo, the last frame of a video)."""
     size = settings.size

@@ -26,9 +26,9 @@ from unmask.config import FaceDetection, MotionSampling
 from unmask.datasets import is_photo, read_photo
 from unmask.faces.crop import crop_box, crop_face
 from unmask.faces.detectors import Detection, FaceDetector, create_detector
-from unmask.faces.motion import motion_features, wanted_frames
+from unmask.faces.motion import motion_features, neighbours, wanted_frames
 from unmask.faces.tracks import link_tracks
-from unmask.video import VideoInfo, fitted_size, stream_frames
+from unmask.video import Frame, VideoInfo, fitted_size, stream_frames
 
 BATCH_PIXELS = 8 * 1280 * 720
 """Pixels of sampled frames detected together: eight 720p frames (large enough for the detector's
@@ -140,7 +140,7 @@ class FacePass:
             sampled_frames = frame_list
         result = FacePassResult(info, sampled_frames, [], photo=info.frame_count == 1)
         group_end = {s: max([s, *(s + d for d in offsets if s + d < info.frame_count)]) for s in sampled_frames}
-        held: dict[int, np.ndarray] = {}
+        held: dict[int, Frame] = {}
         ready: list[int] = []
         batch = max(1, BATCH_PIXELS // max(1, round(info.width * scale) * round(info.height * scale)))
         waiting = sorted(sampled_frames)
@@ -164,7 +164,7 @@ class FacePass:
         result.decode_s = time.perf_counter() - started - result.detect_s - result.motion_s - result.crop_s
         return result
 
-    def _faces_of(self, sampled: list[int], held: dict[int, np.ndarray], scale: float,
+    def _faces_of(self, sampled: list[int], held: dict[int, Frame], scale: float,
                   result: FacePassResult) -> None:
         """Detect, keep, cut and measure the faces of the ``sampled`` frames among those ``held``."""
         present = [i for i in sampled if i in held]
@@ -199,12 +199,12 @@ class FacePass:
                 motion=motion))
         result.crop_s += time.perf_counter() - began
 
-    def _motion_of(self, chosen: list[tuple[int, Detection, int]], held: dict[int, np.ndarray]) -> list[np.ndarray]:
+    def _motion_of(self, chosen: list[tuple[int, Detection, int]], held: dict[int, Frame]) -> list[np.ndarray]:
         """Motion features of the chosen faces, one thread per core (OpenCV's flow runs outside the GIL)."""
         def measure(job: tuple[int, Detection, int]) -> np.ndarray:
             index, detection, _ = job
-            images = [held[index], *(held[index + d] for d in self.motion.offsets if index + d in held)]
-            return motion_features(images, detection.box, detection.keypoints, self.detection.margin, self.motion)
+            return motion_features(neighbours(index, held, self.motion), detection.box, detection.keypoints,
+                                   self.detection.margin, self.motion)
 
         if len(chosen) <= 1:
             return [measure(job) for job in chosen]

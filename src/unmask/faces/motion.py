@@ -156,6 +156,6 @@ def wanted_frames(sampled: Sequence[int], settings: MotionSampling) -> list[int]
     return sorted({i + d for i in sampled for d in (0, *settings.offsets)})
 
 
-def neighbours(index: int, decoded: dict[int, np.ndarray], settings: MotionSampling) -> list[np.ndarray]:
+def neighbours(index: int, decoded: dict[int, Frame], settings: MotionSampling) -> list[Frame]:
     """Frame ``index`` followed by those of its neighbours that were decoded."""
     return [decoded[index], *(decoded[index + d] for d in settings.offsets if index + d in decoded)]

@@ -3,7 +3,7 @@
 Each check runs as its own `unmask check VIDEO` process (the default model, 16 frames and their
 neighbours), and its peak resident memory is read from the kernel (``ru_maxrss`` of a small
 wrapper's only child, so no parent's memory is counted). The baseline, measured in the same run,
-is the same command on a 360p clip: the process, torch and the models, with almost no frame
+is the same command on a 360p clip: the process, its libraries and the models, with almost no frame
 memory. Each resolution is run with frames bounded (the default, ``--max-side 1920``) and with
 frames at their own size (``--max-side 0``; the face pass still holds only a few at a time). Then `unmask serve` takes 20 uploads, 4K and 720p in turn,
 two at a time, and its resident memory is read after them. Target: under 1.5 GB for a check
@@ -97,7 +97,7 @@ def main() -> None:
         folder = Path(tmp)
         clips = {name: make_clip(folder, name, args.seconds) for name in SIZES}
         baseline = median([check_peak_mb(clips["360p"]) for _ in range(args.repeats)])
-        print(f"baseline: `unmask check` of a 360p clip peaks at {baseline:.0f} MB (process, torch, models)")
+        print(f"baseline: `unmask check` of a 360p clip peaks at {baseline:.0f} MB (process, libraries, models)")
         rows = []
         for name in list(SIZES)[1:]:
             bounded = median([check_peak_mb(clips[name]) for _ in range(args.repeats)])

@@ -176,10 +176,11 @@ def test_partial_frames_convert_regions_to_the_pixels_of_the_whole_frame(tmp_pat
 
 
 def test_frames_that_cannot_be_cut_by_region_come_whole(tmp_path):
-    """Rotated or scaled frames (and formats outside CHROMA_SHIFT) are converted whole, as before."""
-    rotated, plain = tmp_path / "rotated.mp4", tmp_path / "plain.mp4"
+    """Rotated or scaled frames, and formats outside CHROMA_SHIFT, are converted whole, as before."""
+    rotated, plain, deep = tmp_path / "rotated.mp4", tmp_path / "plain.mp4", tmp_path / "10bit.mp4"
     write_video(rotated, moving_texture(3), rotation=90)
     write_video(plain, moving_texture(3))
-    for path, max_side in ((rotated, None), (plain, 100)):
+    write_video(deep, moving_texture(3), pix_fmt="yuv420p10le")
+    for path, max_side in ((rotated, None), (plain, 100), (deep, None)):
         frames = video.stream_frames(path, [0, 2], max_side=max_side, partial=lambda i: True).frames
         assert all(isinstance(image, np.ndarray) for _, image in frames)

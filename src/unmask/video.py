@@ -191,9 +191,10 @@ class PartialFrame:
     def supports(frame: av.VideoFrame) -> bool:
         """Upright frames of the formats in ``CHROMA_SHIFT``, with even sides where chroma is subsampled
         (FFmpeg converts odd-sized 4:2:0 pictures another way)."""
-        shift_x, shift_y = CHROMA_SHIFT.get(frame.format.name, (None, None))
-        return shift_x is not None and not _rotation(frame) and not (frame.width % 2 and shift_x) \
-            and not (frame.height % 2 and shift_y)
+        shift = CHROMA_SHIFT.get(frame.format.name)
+        if shift is None or _rotation(frame):
+            return False
+        return not (frame.width % 2 * shift[0] or frame.height % 2 * shift[1])
 
     def region(self, left: int, top: int, right: int, bottom: int) -> np.ndarray:
         """RGB uint8 pixels [top:bottom, left:right] of the frame (bounds inside it), converted on

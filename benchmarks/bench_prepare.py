@@ -48,20 +48,20 @@ def decode_only(videos, indices, workers: int) -> tuple[float, int]:
         return time.perf_counter() - started, frames
 
 
-def _load_face_pass(_) -> None:
-    make_face_pass(preset("seed"), threads=1, decode_threads=1)
+def _load_face_pass(config) -> None:
+    make_face_pass(config, threads=1, decode_threads=1)
 
 
-def engine_overhead(workers: int) -> dict[str, float]:
+def engine_overhead(config, workers: int) -> dict[str, float]:
     """Wall seconds to start an engine, have each of its workers load the face pass, and stop it:
     the local Dask cluster ``prepare --workers`` uses, and a process pool (spawned) for comparison."""
     started = time.perf_counter()
     with cluster_client(workers=workers) as client:
-        client.gather(client.map(_load_face_pass, range(workers), pure=False))
+        client.gather(client.map(_load_face_pass, [config] * workers, pure=False))
     dask_s = time.perf_counter() - started
     started = time.perf_counter()
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-        list(pool.map(_load_face_pass, range(workers)))
+        list(pool.map(_load_face_pass, [config] * workers))
     return {"dask": dask_s, "pool": time.perf_counter() - started}
 
 
@@ -79,7 +79,7 @@ def main() -> None:
           f"frames {indices}, workers {args.workers}, repeats {args.repeats}")
     decode_times, prepare_times, command_times, splits, engines = [], [], [], [], []
     for _ in range(args.repeats):
-        engines.append(engine_overhead(args.workers))
+        engines.append(engine_overhead(config, args.workers))
         with tempfile.TemporaryDirectory() as out:
             started = time.perf_counter()
             subprocess.run([sys.executable, "-m", "unmask", "prepare", str(args.data), "--out", str(Path(out) / "f"),

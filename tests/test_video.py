@@ -173,6 +173,10 @@ def test_partial_frames_convert_regions_to_the_pixels_of_the_whole_frame(tmp_pat
             regions.append((left, top, int(rng.integers(left + 1, width + 1)), int(rng.integers(top + 1, height + 1))))
         for left, top, right, bottom in regions:
             assert np.array_equal(frame.region(left, top, right, bottom), image[top:bottom, left:right])
+            assert np.array_equal(frame[top:bottom, left:right], image[top:bottom, left:right])
+        assert np.array_equal(frame[:, :], image) and np.array_equal(frame[-3:, 2:-1], image[-3:, 2:-1])
+        with pytest.raises(TypeError, match="plain slices"):
+            frame[::2, :]
 
 
 def test_frames_that_cannot_be_cut_by_region_come_whole(tmp_path):

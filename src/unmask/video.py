@@ -196,6 +196,16 @@ class PartialFrame:
             return False
         return not (frame.width % 2 * shift[0] or frame.height % 2 * shift[1])
 
+    def __getitem__(self, rows_cols: tuple[slice, slice]) -> np.ndarray:
+        """``frame[top:bottom, left:right]``, as of an RGB image: callers that cut regions need not
+        know which kind of frame they hold."""
+        rows, cols = rows_cols
+        if rows.step not in (None, 1) or cols.step not in (None, 1):
+            raise TypeError("a PartialFrame is cut by two plain slices, [top:bottom, left:right]")
+        top, bottom, _ = rows.indices(self.shape[0])
+        left, right, _ = cols.indices(self.shape[1])
+        return self.region(left, top, right, bottom)
+
     def region(self, left: int, top: int, right: int, bottom: int) -> np.ndarray:
         """RGB uint8 pixels [top:bottom, left:right] of the frame (bounds inside it), converted on
         the calling thread (a region is too small for FFmpeg's slice threads to pay)."""

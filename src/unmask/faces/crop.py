@@ -28,10 +28,7 @@ def crop_face(image: Frame, box: Sequence[float], margin: float = 0.0, size: int
     ``grey``: ``size`` x ``size`` luma, made before resizing (a third of the work) and grown linearly.
     ``image``: an RGB frame, or a ``PartialFrame`` of which only the region cut is converted."""
     left, top, right, bottom = crop_box(box, image.shape, margin)
-    if isinstance(image, np.ndarray):
-        region = image[top:bottom, left:right]
-    else:
-        region = image.region(left, top, right, bottom)
+    region = image[top:bottom, left:right]
     shrinking = region.shape[0] > size or region.shape[1] > size
     if grey:
         region = cv2.cvtColor(region, cv2.COLOR_RGB2GRAY)

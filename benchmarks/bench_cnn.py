@@ -53,10 +53,10 @@ from unmask.models.fusion import LITE0_RECIPE
 from unmask.faces.face_pass import FacePass
 from unmask.faces.motion import MOTION_FEATURES
 from unmask.prepare import prepare_dataset
-from unmask.store import FaceStore
+from unmask.store import FaceStore, faces_at
 from unmask.synth import synthesize_store
 from unmask.splits import grouped_kfold
-from unmask.train import TrainOptions, _faces, build_estimator, cross_validate, fit_estimator, predict_fake
+from unmask.train import TrainOptions, build_estimator, cross_validate, fit_estimator, predict_fake
 from unmask.util import atomic_path
 
 CACHE = REPO / "benchmarks" / ".cache"
@@ -312,7 +312,7 @@ def _training_arrays(store: FaceStore, rows: np.ndarray, extras: list[tuple[Face
 
     parts = [(store, rows), *((extra, extra_rows) for extra, extra_rows in extras if len(extra_rows))]
     tables = [s.table.iloc[r] for s, r in parts]
-    faces = np.concatenate([np.asarray(_faces(s, r)) for s, r in parts])
+    faces = np.concatenate([np.asarray(faces_at(s, r)) for s, r in parts])
     ids = np.concatenate([t["ids"].astype(str).to_numpy() for t in tables])
     return faces, np.concatenate([t["label"].to_numpy() for t in tables]), {
         "groups": identity_groups(pd.Series(ids)), "keypoints": np.concatenate([s.keypoints(r) for s, r in parts]),
@@ -452,7 +452,7 @@ def made_fakes_cv(store: FaceStore, folds: int, seed: int) -> dict[str, np.ndarr
         candidate = _fit_candidate(store, train_rows, [(swaps, _draw_extra(swaps, seed * 100 + number))],
                                    MADE_FAKES, seed)
         scores["made"][test_rows] = predict_fake(candidate, store, test_rows)
-        scores["made_lite0"][test_rows] = expit(candidate.cnn_.decision_function(_faces(store, test_rows)))
+        scores["made_lite0"][test_rows] = expit(candidate.cnn_.decision_function(faces_at(store, test_rows)))
         scores[f"done{number}"] = np.array(time.perf_counter() - started)
         _save_scores(path, scores)
         print(f"  made fakes, seed {seed} fold {number}: {scores[f'done{number}']:.0f} s", flush=True)
@@ -482,7 +482,7 @@ def methods_cv(data: Path, folds: int, seeds: list[int], made_fakes: bool = Fals
                                          seed=seed)))}
             for name, estimator in fitted.items():
                 scores[name][test_rows] = predict_fake(estimator, store, test_rows)
-            scores["lite0"][test_rows] = expit(fitted["candidate"].cnn_.decision_function(_faces(store, test_rows)))
+            scores["lite0"][test_rows] = expit(fitted["candidate"].cnn_.decision_function(faces_at(store, test_rows)))
             member = fitted["candidate"].cnn_.members_[0]
             scores[f"done{number}"] = np.array(time.perf_counter() - started)
             _save_scores(path, scores)

@@ -49,6 +49,17 @@ def test_link_tracks_follows_each_face_and_opens_new_ones():
     assert link_tracks([[a[0]], [a[1], a[2]]], min_iou=0.3) == [[0], [0, 1]]
 
 
+def test_a_track_survives_a_gap_of_damaged_frames():
+    """Across frames that could not be decoded a face may have moved anywhere: it continues the
+    track of a face of like size, nearest first; without a gap, no overlap still means a new person."""
+    left, right = np.array([10, 10, 60, 60]), np.array([200, 10, 250, 60])
+    moved_left, moved_right = np.array([70, 20, 122, 72]), np.array([260, 10, 308, 58])  # no overlap left
+    tiny = np.array([400, 200, 410, 210])
+    frames = [[left, right], [moved_right, tiny, moved_left]]
+    assert link_tracks(frames, min_iou=0.3) == [[0, 1], [2, 3, 4]]
+    assert link_tracks(frames, min_iou=0.3, after_gap=[False, True]) == [[0, 1], [1, 2, 0]]
+
+
 def test_face_video_gives_a_verdict_with_traced_faces(face_video, released_model, capsys):
     assert main(["check", str(face_video), "--model", str(released_model), "--json"]) == 0
     out, err = capsys.readouterr()
@@ -212,7 +223,7 @@ def test_a_classical_model_reports_without_heatmaps(tmp_path, ffpp_tree, face_vi
 def test_bad_input_gives_one_line_and_exit_two(tmp_path, face_video, released_model, capsys):
     cases = [
         (["check", str(tmp_path / "missing.mp4")], "no such file or folder"),
-        (["check", str(tmp_path)], "no video files under"),
+        (["check", str(tmp_path)], "no videos or photos under"),
         (["check", str(face_video), str(face_video), "--report", str(tmp_path / "r.html")], "--report-dir"),
         (["check", str(face_video), "--model", str(tmp_path)], "is not a model folder"),
         (["check", str(face_video), "--model", str(released_model), "--aggregate", "mode"], "unknown frame aggregate"),
@@ -233,7 +244,7 @@ def test_checker_is_reused_across_videos(face_video, faceless_video, released_mo
     assert none.verdict == NO_FACE and none.fake_probability is None and none.faces == [] and none.crops == []
     assert again.path == "x" and again.fake_probability == pytest.approx(first.fake_probability)
     assert len(first.crops) == 16 and first.crops[0].shape == (256, 256, 3)
-    assert "crops" not in first.to_json()
+    assert "crops" not in first.to_dict()
 
 
 @pytest.mark.skipif(not (default_model_dir() / "card.json").is_file(),
@@ -260,15 +271,76 @@ def test_sample_refuses_a_name_that_is_not_a_video(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
-def test_report_at_a_folder_prints_the_verdict_then_one_error_naming_that_folder(tmp_path, face_video,
-                                                                                released_model, capsys):
-    folder = tmp_path / "reports"
+def test_a_report_path_that_is_not_a_regular_file_is_refused_before_the_check(tmp_path, face_video,
+                                                                             released_model, capsys):
+    """Issue 30.2: the report was renamed over whatever the path held (a device, a FIFO, a link) after
+    the check. Now only a missing path or a regular file is written, and that is known before the check."""
+    import os
+    import stat
+    from pathlib import Path
+
+    folder, pipe, link, target = tmp_path / "reports", tmp_path / "pipe.html", tmp_path / "link.html", tmp_path / "t"
     folder.mkdir()
-    assert main(["check", str(face_video), "--model", str(released_model), "--report", str(folder)]) == 2
-    out, err = capsys.readouterr()
-    assert re.match(r".+: (FAKE|REAL) \(fake probability", out) and out.count("\n") == 1, out
-    assert err == f"unmask check: error: Is a directory: {folder}\n"
-    assert list(folder.iterdir()) == [] and list(tmp_path.iterdir()) == [folder]  # no temporary file left
+    os.mkfifo(pipe)
+    target.write_text("kept")
+    link.symlink_to(target)
+    (tmp_path / "file").write_text("not a folder")
+    inside_a_file = tmp_path / "file" / "r.html"
+    cases = [(folder, "is a folder"), (pipe, "is a named pipe (FIFO)"), (link, "is a symbolic link"),
+             (inside_a_file, f"cannot write {inside_a_file}: {tmp_path / 'file'} is not a folder")]
+    if Path("/dev/full").exists():
+        cases.append((Path("/dev/full"), "is a character device"))
+    for path, words in cases:
+        assert main(["check", str(face_video), "--model", str(released_model), "--report", str(path)]) == 2, path
+        out, err = capsys.readouterr()
+        assert out == "" and err.count("\n") == 1 and words in err and err.startswith("unmask check: error: "), err
+    (folder / f"{face_video.stem}.html").symlink_to(target)  # one report of --report-dir would replace a link
+    assert main(["check", str(face_video), "--model", str(released_model), "--report-dir", str(folder)]) == 2
+    assert "is a symbolic link" in capsys.readouterr().err
+    assert stat.S_ISFIFO(os.lstat(pipe).st_mode) and link.is_symlink() and target.read_text() == "kept"
+    assert not Path("/dev/full").exists() or stat.S_ISCHR(os.stat("/dev/full").st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "link.html", "pipe.html", "reports", "t"]
+
+
+def test_a_report_that_cannot_be_written_is_named_as_given_not_by_its_temporary_name(tmp_path):
+    import errno
+
+    from unmask.util import atomic_path
+
+    report = tmp_path / "report.html"
+    with pytest.raises(OSError) as failed:
+        with atomic_path(report) as tmp:  # a full disk, as the write into the temporary file meets it
+            raise OSError(errno.ENOSPC, "No space left on device", str(tmp))
+    assert failed.value.filename == str(report) and failed.value.errno == errno.ENOSPC
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_folder_of_photos_is_checked_like_the_photos_themselves(tmp_path, released_model, capsys):
+    """Issue 31.4: `unmask check faces/` said "no video files under faces/" for a folder of photos."""
+    folder = tmp_path / "faces"
+    (folder / "more").mkdir(parents=True)
+    portrait = cv2.cvtColor(cv2.resize(astronaut(), (256, 256)), cv2.COLOR_RGB2BGR)
+    cv2.imwrite(str(folder / "a.jpg"), portrait)
+    cv2.imwrite(str(folder / "more" / "b.PNG"), portrait[:, ::-1])
+    (folder / "notes.txt").write_text("neither a video nor a photo: skipped")
+    assert main(["check", str(folder), "--model", str(released_model), "--json"]) == 0
+    records = _records(capsys.readouterr().out)
+    assert [r["path"] for r in records] == [str(folder / "a.jpg"), str(folder / "more" / "b.PNG")]
+    assert all(r["verdict"] in (FAKE, REAL) and r["still_image"] for r in records)
+    assert main(["check", str(folder / "a.jpg"), "--model", str(released_model), "--json"]) == 0
+    assert _records(capsys.readouterr().out)[0]["fake_probability"] == pytest.approx(records[0]["fake_probability"])
+
+
+def test_a_broken_link_in_a_folder_gets_its_record(tmp_path, face_video, released_model, capsys):
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    shutil.copy(face_video, folder / "a.mp4")
+    (folder / "b.mp4").symlink_to(tmp_path / "moved-away.mp4")
+    assert main(["check", str(folder), "--model", str(released_model), "--json"]) == 1
+    records = _records(capsys.readouterr().out)
+    assert [r["path"] for r in records] == [str(folder / "a.mp4"), str(folder / "b.mp4")]
+    assert records[1]["verdict"] == ERROR
+    assert records[1]["error"] == f"a broken link (to {tmp_path / 'moved-away.mp4'}, which does not exist)"
 
 
 def test_readme_and_the_cli_docstring_give_the_same_exit_codes():

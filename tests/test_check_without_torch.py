@@ -42,7 +42,7 @@ def test_check_without_torch_gives_the_torch_verdict(face_video, monkeypatch):
 
     monkeypatch.setattr(detectors, "create_detector", lambda settings, threads=None: MTCNN(
         min_face_size=settings.mtcnn.min_face_size, thresholds=settings.mtcnn.thresholds, device="cpu"))
-    reference = Checker(load_model(), CheckSettings(device="cpu")).check(face_video).to_json()
+    reference = Checker(load_model(), CheckSettings(device="cpu")).check(face_video).to_dict()
     assert lean["verdict"] == reference["verdict"] != "ERROR"
     assert lean["fake_probability"] == pytest.approx(reference["fake_probability"], abs=1e-4)
     assert len(lean["faces"]) == len(reference["faces"]) > 0

@@ -61,14 +61,19 @@ def test_real_fake_folders(tmp_path, face_video):
 
 def test_csv_manifest_with_groups_and_bad_rows(tmp_path):
     manifest = tmp_path / "list.csv"
-    manifest.write_text("path,label,group,split\nv/a.mp4,real,p1,train\nv/b.mp4,fake,p1,test\nv/c.mp4,maybe,p2,\n")
+    manifest.write_text("path,label,group,split\nv/a.mp4,real,p1,train\nv/b.mp4,fake,p1,test\nv/c.mp4,maybe,p2,\n"
+                        "v/gone.mp4,fake,p3,\n")
+    (tmp_path / "v").mkdir()
+    for name in ("a", "b", "c"):
+        (tmp_path / "v" / f"{name}.mp4").write_bytes(b"")
     scan = open_dataset(manifest)
     assert [(v.key, v.label, v.ids, v.split) for v in scan.videos] == [
         ("v/a.mp4", REAL, "p1", "train"), ("v/b.mp4", FAKE, "p1", "test")]
     assert scan.videos[0].path == tmp_path / "v" / "a.mp4"
-    assert "line 4" in scan.problems[0]
-    (tmp_path / "bad.csv").write_text("file,kind\nx,y\n")
-    with pytest.raises(UnmaskError, match="'path' and 'label'"):
+    assert len(scan.problems) == 2 and "line 4" in scan.problems[0]
+    assert scan.problems[1].startswith("line 5: no such file 'v/gone.mp4'")
+    (tmp_path / "bad.csv").write_text("name,kind\nx,y\n")
+    with pytest.raises(UnmaskError, match="a file column"):
         open_dataset(tmp_path / "bad.csv")
 
 
@@ -82,3 +87,19 @@ def test_real_ffpp_sample_layout():
     train = {tuple(map(str, p)) for p in json.loads((root / "splits/train.json").read_text())}
     assert all(v.split == "train" for v in scan.videos)
     assert all(tuple(v.ids.split("_")) in train or tuple(v.ids.split("_"))[::-1] in train for v in fakes)
+
+
+def test_face_image_set_reads_as_it_is_laid_out(tmp_path):
+    """DFDC's faces: parts.csv names each crop by its video (no suffix), the crops sit in faces_224/."""
+    (tmp_path / "faces_224").mkdir()
+    for name in ("aaa", "bbb", "ccc", "ddd"):
+        (tmp_path / "faces_224" / f"{name}.jpg").write_bytes(b"")
+    (tmp_path / "parts.csv").write_text("video,label,group,part\naaa,REAL,aaa,train\nbbb,FAKE,aaa,train\n"
+                                        "ccc,FAKE,x_y,test\nzzz,FAKE,aaa,val\nddd,REAL,ddd,holdout\n")
+    scan = open_dataset(tmp_path / "parts.csv")
+    assert [(v.key, v.label, v.ids, v.split, v.method) for v in scan.videos] == [
+        ("aaa", REAL, "aaa", "train", "original"), ("bbb", FAKE, "aaa", "train", "unknown"),
+        ("ccc", FAKE, "x-y", "test", "unknown")]  # the group is one identity token, whatever it holds
+    assert scan.videos[1].path == tmp_path / "faces_224" / "bbb.jpg"
+    assert scan.problems == [f"line 5: no such file 'zzz' under {tmp_path}",
+                             "line 6: part 'holdout' is not train/val/test"]

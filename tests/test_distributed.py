@@ -329,9 +329,15 @@ def test_check_on_a_cluster_gives_the_local_verdicts(tmp_path, scheduler, short_
         (folder / name).write_bytes(source.read_bytes())
     assert main(["check", str(folder), "--frames", "4", "--json"]) == 1  # one unreadable file
     local = {Path(r["path"]).name: r for r in map(json.loads, capsys.readouterr().out.splitlines())}
-    assert main(["check", str(folder), "--frames", "4", "--json", "--scheduler", scheduler]) == 1
+    reports = tmp_path / "reports"
+    assert main(["check", str(folder), "--frames", "4", "--json", "--scheduler", scheduler,
+                 "--report-dir", str(reports)]) == 1
     remote = {Path(r["path"]).name: r for r in map(json.loads, capsys.readouterr().out.splitlines())}
     assert set(remote) == {"face.mp4", "empty.mp4", "notes.mp4"}
+    # the results came back from the workers without their model: the reports are drawn with the client's
+    assert {Path(r["report"]).name for r in remote.values()} == {"face.html", "empty.html", "notes.html"}
+    face_report = (reports / "face.html").read_text(encoding="utf-8")
+    assert f"face.mp4: {remote['face.mp4']['verdict']}" in face_report and 'class="face' in face_report
     for name in remote:
         assert remote[name]["verdict"] == local[name]["verdict"]
         if local[name]["fake_probability"] is not None:

@@ -69,17 +69,25 @@ def test_mutated_videos_each_get_one_record_and_no_traceback(tmp_path, released_
                                                else "REAL"}
 
 
+MODEL_KINDS = 7
+SIZE_KIND, NESTING_KIND = 5, 6
+"""Mutations no model written by unmask has, which must be refused (exit 2) rather than maybe work."""
+
+
 def _model_mutations(folder, rng: np.random.Generator, count: int, into) -> list:
     """Model folders cut short, with bytes flipped in the card or the safetensors header, with card
-    values of the wrong type or missing, or with flipped bytes among the weights (which still load)."""
+    values of the wrong type or missing, with flipped bytes among the weights (which still load), with
+    a file grown past its size limit (the card padded out, the weights or the ONNX export made sparse
+    and huge), or with a card value nested thousands of levels deep."""
     card, weights = (folder / "card.json").read_bytes(), (folder / "model.safetensors").read_bytes()
     header = 8 + int.from_bytes(weights[:8], "little")
     oddities = [None, [], {}, "x", -1, 1e309, "../../etc/passwd", {"name": "os.system"}]
+    grown = ["card.json", "model.safetensors"] + (["model.onnx"] if (folder / "model.onnx").is_file() else [])
     made = []
     for k in range(count):
         target = into / f"model-{k:02d}"
         shutil.copytree(folder, target)
-        kind = k % 5
+        kind = k % MODEL_KINDS
         name, data = ("card.json", bytearray(card)) if kind in (0, 3) else ("model.safetensors", bytearray(weights))
         if kind in (0, 1):  # cut short
             data = data[: int(rng.integers(0, len(data)))]
@@ -98,9 +106,23 @@ def _model_mutations(folder, rng: np.random.Generator, count: int, into) -> list
             else:
                 parent[path[-1]] = oddities[int(rng.integers(0, len(oddities)))]
             data = bytearray(json.dumps(document).encode())
-        else:  # flipped bytes among the weights: a model that loads and scores differently
+        elif kind == 4:  # flipped bytes among the weights: a model that loads and scores differently
             for position in rng.integers(header, len(data), rng.integers(1, 50)):
                 data[position] ^= 1 << int(rng.integers(0, 8))
+        elif kind == SIZE_KIND:  # past the limits of 8 MiB for the card and 256 MiB for the others
+            name = grown[k // MODEL_KINDS % len(grown)]
+            if name == "card.json":
+                data = bytearray(card[:-1] + b" " * int(rng.integers(8 * 2**20, 9 * 2**20)) + b"}")
+            else:
+                with (target / name).open("r+b") as handle:  # sparse: large on paper, no disk used
+                    handle.truncate(int(rng.integers(256 * 2**20 + 1, 4 * 2**30)))
+                made.append(target)
+                continue
+        else:  # a card value nested far deeper than any parser's recursion
+            depth = int(rng.integers(2_000, 200_001))
+            opening, closing = ("[", "]") if rng.random() < 0.5 else ('{"a": ', "}")
+            deep = opening * depth + "0" + closing * depth
+            name, data = "card.json", bytearray(card[:-1] + b', "deep": ' + deep.encode() + b"}")
         (target / name).write_bytes(bytes(data))
         made.append(target)
     return made
@@ -108,12 +130,14 @@ def _model_mutations(folder, rng: np.random.Generator, count: int, into) -> list
 
 def test_mutated_model_folders_are_one_line_or_work(tmp_path, released_model, short_face_video, capsys):
     rng = np.random.default_rng(7)
-    for folder in _model_mutations(released_model, rng, 40, tmp_path):
+    for k, folder in enumerate(_model_mutations(released_model, rng, 8 * MODEL_KINDS, tmp_path)):
         started = time.perf_counter()
         code = main(["check", str(short_face_video), "--model", str(folder), "--frames", "2", "--json"])
         out, err = capsys.readouterr()
         assert time.perf_counter() - started < SECONDS_PER_INPUT
         assert "Traceback" not in err
+        if k % MODEL_KINDS in (SIZE_KIND, NESTING_KIND):
+            assert code == 2, (folder, err)
         if code == 2:
             assert out == "" and len(err.strip().splitlines()) == 1 and err.startswith("unmask check: error: "), err
         else:  # the mutation left a loadable model (a flipped weight): it must still give one honest record

@@ -135,3 +135,37 @@ def test_real_ffpp_video_faces(tmp_path):
     config = PrepareConfig(frames=FrameSampling(max_frames=2), faces=FaceDetection(size=320))
     shard = process_video(Video(path=path, label=0, key="183"), config, make_face_pass(config))
     assert shard.video["faces"] == 2 and shard.faces.shape == (2, 320, 320, 3)
+
+
+def test_ctrl_c_during_a_parallel_prepare_stops_quietly(tmp_path, face_video):
+    """Issue 30.6: Ctrl+C (SIGINT to the terminal's process group: the command and its Dask workers)
+    exited 130 with the right line, but each worker printed its own KeyboardInterrupt traceback."""
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    for label in ("real", "fake"):
+        (tmp_path / "videos" / label).mkdir(parents=True)
+        for k in range(6):
+            shutil.copy(face_video, tmp_path / "videos" / label / f"{k}.mp4")
+    out = tmp_path / "faces"
+    process = subprocess.Popen([sys.executable, "-m", "unmask", "prepare", str(tmp_path / "videos"), "--out", str(out),
+                                "--size", "48", "--workers", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True)  # its own process group, as a terminal gives
+    try:
+        deadline = time.monotonic() + 120
+        while not any(out.glob("shards/*.json")) and process.poll() is None:  # the workers are at work
+            assert time.monotonic() < deadline, "no video was prepared in 2 minutes"
+            time.sleep(0.05)
+        os.killpg(process.pid, signal.SIGINT)
+        _, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    assert process.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert err.strip().splitlines()[-1] == "unmask prepare: interrupted (finished work is kept; run again to resume)"

@@ -69,3 +69,49 @@ def test_shard_ids_are_file_safe_and_distinct():
     a, b = shard_id("x/y z?.mp4"), shard_id("x/y_z?.mp4")
     assert a != b and all(c.isalnum() or c in "-_" for c in a)
     assert json.dumps(a)
+
+
+def _store_of(root, videos, size=8, margin=0.0):
+    writer = StoreWriter(root, {"faces": {"size": size, "margin": margin, "min_confidence": 0.9}})
+    for key, n, label in videos:
+        writer.write(shard(key, n, label, size))
+    return writer.commit()
+
+
+def test_stores_combine_into_one_view_without_copying_faces(tmp_path):
+    from unmask.store import CombinedStore, FaceArray, faces_at, open_stores
+
+    videos = _store_of(tmp_path / "videos", [("a.mp4", 2, 0), ("b.mp4", 3, 1)])
+    images = _store_of(tmp_path / "images", [("x", 1, 1), ("y", 1, 0)])
+    both = open_stores([videos.root, images.root])
+    assert isinstance(both, CombinedStore) and len(both) == 7
+    assert both.table["dataset"].tolist() == ["videos"] * 5 + ["images"] * 2
+    assert both.table["row"].tolist() == list(range(7))
+    # Table row k and face k agree, whichever store the face lives in; a view is read face by face.
+    view = faces_at(both, np.array([6, 0, 3]))
+    assert isinstance(view, FaceArray) and view.shape == (3, 8, 8, 3) and len(view) == 3
+    expected = [images.faces[1], videos.faces[0], videos.faces[3]]
+    for got, want in zip(view, expected):
+        assert np.array_equal(got, want)
+    assert np.array_equal(np.asarray(view), np.stack(expected))
+    assert np.array_equal(np.asarray(view[1:]), np.stack(expected[1:]))
+    with pytest.raises(UnmaskError, match="none of .* has motion features"):
+        both.motion()
+    # A subset of one store is a view too: the DFDC store is gigabytes, never gathered.
+    assert isinstance(faces_at(videos, np.array([1, 2])), FaceArray)
+    assert faces_at(videos, np.arange(5)) is videos.faces
+
+
+def test_stores_cut_otherwise_do_not_combine(tmp_path):
+    from unmask.store import open_stores
+
+    small = _store_of(tmp_path / "small", [("a.mp4", 1, 0)])
+    large = _store_of(tmp_path / "large", [("b.mp4", 1, 1)], size=16)
+    wide = _store_of(tmp_path / "wide", [("c.mp4", 1, 1)], margin=0.3)
+    with pytest.raises(UnmaskError, match="size: 16 against 8"):
+        open_stores([small.root, large.root])
+    with pytest.raises(UnmaskError, match="margin: 0.3 against 0.0"):
+        open_stores([small.root, wide.root])
+    twin = _store_of(tmp_path / "other" / "small", [("d.mp4", 1, 1)])
+    with pytest.raises(UnmaskError, match="share a folder name"):
+        open_stores([small.root, twin.root])

@@ -6,6 +6,7 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import face_frames
 from unmask.cli import main
 from unmask.models.io import load_model
 from unmask.store import KEYPOINT_COLUMNS, Shard, StoreWriter
@@ -212,3 +213,50 @@ def test_tune_runs_its_forest_work_on_a_dask_cluster(store, capsys):
         tasks = sum(worker.state.executed_count for worker in cluster.workers.values())
     assert code == 0 and len(json.loads(out)["trials"]) == 2
     assert tasks > 0  # joblib sent the trees to the cluster
+
+
+def face_image_set(folder, count=8):
+    """A face-image set laid out as the DFDC faces are: crops named by video in a subfolder, parts.csv
+    with label, group and part; one row with a bad label and one whose image is missing."""
+    import cv2
+
+    (folder / "crops").mkdir(parents=True)
+    lines = ["video,label,group,part"]
+    for number, frame in enumerate(face_frames(count, width=240, height=160)):
+        name = f"v{number:02d}"
+        cv2.imwrite(str(folder / "crops" / f"{name}.jpg"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+        lines.append(f"{name},{'FAKE' if number % 2 else 'REAL'},g{number // 2},{('train', 'val', 'test')[number % 3]}")
+    lines += ["v98,MAYBE,g0,train", "v99,FAKE,g0,train"]
+    (folder / "parts.csv").write_text("\n".join(lines) + "\n")
+    return folder / "parts.csv"
+
+
+def test_a_face_image_set_prepares_and_trains_beside_videos(store, tmp_path, capsys):
+    code, out, err = run(capsys, "prepare", face_image_set(tmp_path / "set"), "--out", tmp_path / "images",
+                         "--size", str(SIZE), "--margin", "0", "--workers", "1", "--json")
+    assert code == 0, err
+    assert "warning: line 10: label 'MAYBE' is not real/fake/0/1" in err
+    assert "warning: line 11: no such file 'v99'" in err
+    from unmask.store import FaceStore
+
+    images = FaceStore(tmp_path / "images")
+    table = images.table.sort_values("video")
+    assert list(table["video"]) == [f"v{n:02d}" for n in range(8)]  # every crop's face found, one each
+    assert list(table["ids"]) == [f"g{n // 2}" for n in range(8)]
+    assert list(table["split"]) == [("train", "val", "test")[n % 3] for n in range(8)]
+    # The videos' store and the image set train one model, balanced by source, method and class.
+    code, out, err = run(capsys, "train", store.root, images.root, "--model", "efficientnet-lite0",
+                         "--param", "init=imagenet", "--param", "input_size=64", "--param", "epoch_faces=48",
+                         "--param", "epochs=2", "--param", "batch_size=16", "--param", "val_fraction=0",
+                         "--split", "official", "--out", tmp_path / "m", "--json")
+    assert code == 0, err
+    card = json.loads((tmp_path / "m" / "card.json").read_text())
+    per_dataset = card["training"]["data"]["per_dataset"]
+    assert set(per_dataset) == {store.root.name, "images"}
+    assert per_dataset["images"] == {"real": 2, "fake": 1}  # the image set's train part
+    assert card["training"]["store"] == f"{store.root.name} + images"
+    assert card["metrics"]["frame"]["n"] == (table["split"] == "test").sum() + (store.table["split"] == "test").sum()
+    assert card["estimator"]["params"]["epoch_faces"] == 48
+    model = load_model(tmp_path / "m")
+    probabilities = model.fake_probability(images.faces[:4])
+    assert probabilities.shape == (4,) and ((probabilities >= 0) & (probabilities <= 1)).all()

@@ -106,6 +106,34 @@ def test_missing_file():
         probe("does/not/exist.mp4")
 
 
+def test_what_is_not_a_regular_file_is_named_and_never_opened(tmp_path):
+    import os
+
+    broken = tmp_path / "gone.mp4"
+    broken.symlink_to(tmp_path / "nowhere.mp4")
+    pipe = tmp_path / "pipe.mp4"
+    os.mkfifo(pipe)  # opened for reading, it would wait for a writer forever
+    (tmp_path / "folder.mp4").mkdir()
+    for path, message in ((broken, f"a broken link (to {tmp_path / 'nowhere.mp4'}, which does not exist)"),
+                          (pipe, "a named pipe (FIFO), not a video file"),
+                          (tmp_path / "folder.mp4", "a folder, not a video file")):
+        with pytest.raises(VideoError) as refused:
+            probe(path)
+        assert str(refused.value) == f"{path}: {message}"
+
+
+def test_a_frame_size_ffmpeg_refuses_is_said_to_be_the_reason(tmp_path):
+    """FFmpeg refuses a YUV4MPEG2 stream declaring 100000x100000 with a bare EBUSY ("Device or
+    resource busy"); the header says why, so the message does."""
+    huge, fine = tmp_path / "huge.y4m", tmp_path / "fine.y4m"
+    huge.write_bytes(b"YUV4MPEG2 W100000 H100000 F25:1 Ip A1:1 C420jpeg\nFRAME\n" + bytes(3000))
+    with pytest.raises(VideoError) as refused:
+        probe(huge)
+    assert str(refused.value) == f"{huge}: its frame size, 100000x100000, is refused (larger than FFmpeg decodes)"
+    fine.write_bytes(b"YUV4MPEG2 W64 H48 F25:1 Ip A1:1 C420jpeg\n" + (b"FRAME\n" + bytes(64 * 48 * 3 // 2)) * 3)
+    assert probe(fine).frame_count == 3  # a size FFmpeg takes is read as ever
+
+
 def moving_texture(count, width=144, height=96):
     """A seeded noise texture sliding a pixel per frame, so the encoder predicts across frames."""
     texture = np.random.default_rng(0).integers(0, 256, (height, width + count, 3), np.uint8)

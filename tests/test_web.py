@@ -16,15 +16,15 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from unmask.check import Checker
+from unmask.api import Detector
 from unmask.cli import main
 from unmask.errors import UnmaskError
 from unmask.web.app import Server, ServeSettings, create_app
 
 
 @pytest.fixture(scope="module")
-def checker(released_model):
-    return Checker(released_model)
+def detector(released_model):
+    return Detector(released_model)
 
 
 @pytest.fixture
@@ -58,8 +58,8 @@ class Client:
 
 
 @pytest.fixture
-def client(checker, uploads):
-    return Client(create_app(checker, ServeSettings(max_upload_mb=1, upload_dir=uploads)))
+def client(detector, uploads):
+    return Client(create_app(detector, ServeSettings(max_upload_mb=1, upload_dir=uploads)))
 
 
 def test_health_names_the_model(client):
@@ -130,9 +130,9 @@ def test_oversize_upload_is_413_by_declared_length(client):
     assert response.json() == {"detail": "the video is larger than this server's limit of 1 MB"}
 
 
-def test_oversize_upload_without_length_is_cut_off_while_streaming(checker, uploads):
+def test_oversize_upload_without_length_is_cut_off_while_streaming(detector, uploads):
     """No Content-Length (chunked): the server counts while streaming and stops reading at the limit."""
-    app = create_app(checker, ServeSettings(max_upload_mb=1, upload_dir=uploads))
+    app = create_app(detector, ServeSettings(max_upload_mb=1, upload_dir=uploads))
     sent = []
 
     async def body():
@@ -153,19 +153,21 @@ def test_oversize_upload_without_length_is_cut_off_while_streaming(checker, uplo
     assert len(sent) <= 12  # stopped soon after 1 MB, not after reading all 10
 
 
-def test_uploads_in_progress_and_checks_waiting_are_bounded_apart(checker, uploads, broken_files, monkeypatch):
+def test_uploads_in_progress_and_checks_waiting_are_bounded_apart(detector, uploads, broken_files, monkeypatch):
     """An upload still arriving does not hold up checks; a full queue of checks, or of uploads, is a 503 at once."""
-    app = create_app(checker, ServeSettings(upload_dir=uploads, max_uploads=2, max_queued=1, workers=1))
+    # every request comes from one address here: no headroom, so the bounds below are the only ones
+    app = create_app(detector, ServeSettings(upload_dir=uploads, max_uploads=2, max_queued=1, workers=1,
+                                            upload_headroom=0))
     text = broken_files["text"].read_bytes()
     checking, release = threading.Event(), threading.Event()
-    check = checker.check
+    check = detector.check
 
     def held_check(path, name):
         checking.set()
         assert release.wait(30)
         return check(path, name=name)
 
-    monkeypatch.setattr(checker, "check", held_check)
+    monkeypatch.setattr(detector, "check", held_check)
     headers = {"content-type": "multipart/form-data; boundary=xyz"}
 
     async def main():
@@ -260,8 +262,8 @@ def test_api_docs_work_offline(client):
     assert client.get("/openapi.json").status_code == 200
 
 
-def test_internal_errors_reach_the_client_without_details(checker, uploads):
-    app = create_app(checker, ServeSettings(upload_dir=uploads))
+def test_internal_errors_reach_the_client_without_details(detector, uploads):
+    app = create_app(detector, ServeSettings(upload_dir=uploads))
 
     @app.get("/api/probe-failure")
     async def fail():
@@ -276,18 +278,19 @@ def test_internal_errors_reach_the_client_without_details(checker, uploads):
 def test_bad_settings_are_refused(tmp_path):
     for kwargs in ({"max_upload_mb": 0}, {"workers": 0}, {"max_uploads": 0}, {"max_queued": 0},
                    {"upload_timeout_s": 0}, {"stall_timeout_s": -1}, {"upload_dir": tmp_path / "missing"},
-                   {"memory_budget_mb": 0}):
+                   {"memory_budget_mb": 0}, {"upload_headroom": -1}, {"min_upload_rate_kb": -1},
+                   {"rate_window_s": 0}):
         with pytest.raises(UnmaskError):
             ServeSettings(**kwargs)
 
 
-def test_the_memory_budget_bounds_how_many_checks_run_at_once(checker, tmp_path):
+def test_the_memory_budget_bounds_how_many_checks_run_at_once(detector, tmp_path):
     from unmask.config import CHECK_MEMORY_MB
 
     assert ServeSettings(workers=4, memory_budget_mb=2 * CHECK_MEMORY_MB).concurrent_checks == 2
     assert ServeSettings(workers=4, memory_budget_mb=10).concurrent_checks == 1  # one always runs
     assert ServeSettings(workers=2, memory_budget_mb=100_000).concurrent_checks == 2
-    app = create_app(checker, ServeSettings(workers=4, memory_budget_mb=CHECK_MEMORY_MB, upload_dir=tmp_path))
+    app = create_app(detector, ServeSettings(workers=4, memory_budget_mb=CHECK_MEMORY_MB, upload_dir=tmp_path))
     assert app.state.service.pool._max_workers == 1
 
 
@@ -390,9 +393,10 @@ def _answer(conn: socket.socket, seconds: float = 10) -> tuple[int, dict]:
     return int(head.split()[1]), json.loads(body)
 
 
-def test_stalled_and_crawling_uploads_get_408_and_others_are_still_served(checker, uploads, short_face_video):
-    settings = ServeSettings(upload_dir=uploads, max_uploads=3, stall_timeout_s=1, upload_timeout_s=2.5)
-    with serving(create_app(checker, settings)) as port:
+def test_stalled_and_crawling_uploads_get_408_and_others_are_still_served(detector, uploads, short_face_video):
+    settings = ServeSettings(upload_dir=uploads, max_uploads=3, stall_timeout_s=1, upload_timeout_s=2.5,
+                             upload_headroom=0)  # all from 127.0.0.1: the headroom is tested on its own
+    with serving(create_app(detector, settings)) as port:
         url = f"http://127.0.0.1:{port}/api/check"
         started = time.monotonic()
         stalled = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(2)]
@@ -418,6 +422,99 @@ def test_stalled_and_crawling_uploads_get_408_and_others_are_still_served(checke
         assert served.status_code == 200 and served.json()["path"] == "holiday.mp4"
         for conn in (*stalled, crawling):
             conn.close()
+
+
+class TricklingSwarm:
+    """Clients that each start an upload (``HALF_BODY``) from their own loopback address and then
+    send 10 bytes every 0.25 s (40 B/s: never a stall), until the server answers them."""
+
+    def __init__(self, port: int, sources: list[str]):
+        self.conns = []
+        for source in sources:
+            conn = socket.socket()
+            conn.bind((source, 0))
+            conn.settimeout(10)
+            conn.connect(("127.0.0.1", port))
+            conn.sendall(HALF_BODY)
+            self.conns.append(conn)
+        self.answers: dict[int, tuple[int, dict]] = {}
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._trickle, daemon=True)
+        self.thread.start()
+
+    def _trickle(self) -> None:
+        while not self.stopped.wait(0.25):
+            for conn in self.conns:
+                try:
+                    conn.send(b"\0" * 10)
+                except OSError:  # answered and closed by the server
+                    pass
+
+    def collect(self, seconds: float = 0) -> dict[int, tuple[int, dict]]:
+        """The answers so far, waiting up to ``seconds`` for the rest: {client number: (status, body)}."""
+        deadline = time.monotonic() + seconds
+        while len(self.answers) < len(self.conns):
+            waiting = [conn for k, conn in enumerate(self.conns) if k not in self.answers]
+            ready, _, _ = select.select(waiting, [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                break
+            for conn in ready:
+                self.answers[self.conns.index(conn)] = _answer(conn)
+        return self.answers
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.thread.join(timeout=10)
+        for conn in self.conns:
+            conn.close()
+
+
+def test_a_trickling_swarm_cannot_lock_out_a_normal_upload(detector, uploads, short_face_video):
+    """Issue 30.1: a swarm that sends a few bytes every so often held every upload slot until the
+    600-s limit. Now one address cannot take the last free slots (the headroom: it gets 429 at once),
+    and each trickle is cut off one rate window after it began (408), so normal uploads get their verdicts."""
+    try:
+        socket.socket().bind(("127.0.0.2", 0))
+    except OSError:
+        pytest.skip("this system routes only 127.0.0.1 on loopback")
+    settings = ServeSettings(upload_dir=uploads, max_uploads=8, upload_headroom=4, min_upload_rate_kb=1,
+                             rate_window_s=2, stall_timeout_s=60)
+    video = short_face_video.read_bytes()
+    with serving(create_app(detector, settings)) as port:
+        url = f"http://127.0.0.1:{port}/api/check"
+
+        def upload() -> httpx.Response:
+            return httpx.post(url, files={"video": ("holiday.mp4", video)}, timeout=120)
+
+        def settled(swarm: TricklingSwarm) -> bool:
+            """Every trickler was either answered or holds an upload slot (its file waits in the folder)."""
+            return len(swarm.collect()) + len(list(uploads.iterdir())) == len(swarm.conns)
+
+        one_address = TricklingSwarm(port, ["127.0.0.2"] * 12)
+        try:
+            _wait_for(lambda: settled(one_address))
+            assert len(list(uploads.iterdir())) == 4  # the other 4 of the 8 slots are the headroom
+            served = upload()  # from 127.0.0.1, while the swarm still trickles: a slot is free for it
+            assert served.status_code == 200 and served.json()["verdict"] in ("FAKE", "REAL")
+            answers = sorted(one_address.collect(20).values(), key=lambda answer: answer[0])
+        finally:
+            one_address.close()
+        assert [status for status, _ in answers] == [408] * 4 + [429] * 8
+        assert answers[0][1] == {"detail": "the upload is too slow: under this server's floor of 1 kB/s over 2 s"}
+        assert "already sending 4 video(s), and the last 4 upload slots are kept for others" in answers[-1][1]["detail"]
+
+        many_addresses = TricklingSwarm(port, [f"127.0.0.{10 + k}" for k in range(8)])
+        try:
+            _wait_for(lambda: settled(many_addresses))
+            full = upload()
+            assert full.status_code == 503 and "receiving too many" in full.json()["detail"]
+            answers = many_addresses.collect(20)
+        finally:
+            many_addresses.close()
+        assert sorted(status for status, _ in answers.values()) == [408] * 8  # each cut off by the rate floor
+        served = upload()
+        assert served.status_code == 200 and served.json()["path"] == "holiday.mp4"
+    assert list(uploads.iterdir()) == []
 
 
 def test_ctrl_c_answers_uploads_in_progress_with_json_503_and_stops_at_once(released_model, tmp_path):

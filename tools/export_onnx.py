@@ -1,7 +1,7 @@
 """Export torch models to ONNX, so that `unmask check` on a CPU runs without importing torch.
 
 MODEL_DIR: writes ``model.onnx`` beside the folder's safetensors and names it in its card
-(``unmask.models.export``; ``unmask train`` does this itself whenever it saves a network that
+(``unmask.models.io.export_onnx``; ``unmask train`` does this itself whenever it saves a network that
 exports). ``--mtcnn``: writes the MTCNN P-, R- and O-Nets from ``mtcnn.safetensors`` to
 ``src/unmask/faces/weights/{pnet,rnet,onet}.onnx``. With neither: the packaged default model
 and MTCNN, which is what to run after rebuilding the default model.
@@ -17,8 +17,7 @@ from pathlib import Path
 from unmask.errors import UnmaskError
 from unmask.faces.mtcnn import export_onnx as export_mtcnn
 from unmask.faces.mtcnn_onnx import weights_dir
-from unmask.models.export import export_onnx
-from unmask.models.io import default_model_dir
+from unmask.models.io import default_model_dir, export_onnx
 
 
 def main() -> None:

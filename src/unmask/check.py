@@ -25,13 +25,27 @@ import numpy as np
 from unmask import __version__
 from unmask.aggregate import AGGREGATES
 from unmask.config import CheckSettings, FaceDetection, MotionSampling
-from unmask.errors import UnmaskError
+from unmask.datasets import VIDEO_SUFFIXES, is_photo
+from unmask.errors import UnmaskError, one_line
 from unmask.faces.face_pass import Face, FacePass
 from unmask.faces.motion import wanted_frames
 from unmask.models.io import LoadedModel, load_inference_model
-from unmask.video import VideoError
+from unmask.video import VideoError, require_file
 
 FAKE, REAL, NO_FACE, ERROR = "FAKE", "REAL", "NO FACE FOUND", "ERROR"
+
+
+def find_inputs(path: Path) -> list[Path]:
+    """What `check` looks at for ``path``: the path itself, or, for a folder, every video and photo
+    under it (recursively, in a stable order), by the names a single path is checked as. Entries that
+    cannot be read (a broken link, say) are kept, so each gets a record saying why."""
+    path = Path(path)
+    if not path.is_dir():
+        if not (path.exists() or path.is_symlink()):
+            raise UnmaskError(f"no such file or folder: {path}")
+        return [path]
+    return sorted(p for p in path.rglob("*")
+                  if (p.suffix.lower() in VIDEO_SUFFIXES or is_photo(p)) and not p.is_dir())
 
 
 @dataclass
@@ -46,7 +60,7 @@ class FaceScore:
 
 @dataclass
 class CheckResult:
-    """The verdict record (``to_json``) plus the face crops, kept for reports."""
+    """The verdict record (``to_dict``) plus the face crops, kept for reports."""
 
     path: str
     verdict: str
@@ -78,7 +92,8 @@ class CheckResult:
     crops: list[np.ndarray] = field(default_factory=list, repr=False)
     """The scored crops, in the order of ``faces`` (not part of the JSON record)."""
 
-    def to_json(self) -> dict:
+    def to_dict(self) -> dict:
+        """The verdict record as plain data: what `unmask check --json` prints (the crops left out)."""
         record = asdict(self)
         record.pop("crops")
         return record
@@ -124,6 +139,9 @@ class Checker:
     The face pass is set up as the model's card says its training faces were made (detector,
     its settings, crop margin and size, motion sampling).
     """
+
+    result_type: type[CheckResult] = CheckResult
+    """What ``check`` returns; the Python API's checker returns its ``Result``, which writes its own report."""
 
     def __init__(self, model: LoadedModel | Path | None = None, settings: CheckSettings = CheckSettings()):
         from unmask.config import resolve_device
@@ -175,15 +193,15 @@ class Checker:
         FFmpeg's threads for it (default: as many as FFmpeg likes).
         """
         started = time.perf_counter()
-        result = CheckResult(path=name or str(path), verdict=NO_FACE, fake_probability=None, certainty="",
-                             threshold=self.model.threshold, model=self.model_info(), aggregate=self.aggregate,
-                             warnings=list(self.warnings))
+        result = self.result_type(path=name or str(path), verdict=NO_FACE, fake_probability=None, certainty="",
+                                  threshold=self.model.threshold, model=self.model_info(), aggregate=self.aggregate,
+                                  warnings=list(self.warnings))
         try:
             self._check(Path(path), result, decode_threads)
         except VideoError as err:
             result.verdict, result.error = ERROR, str(err).removeprefix(f"{path}: ")
         except Exception as err:  # noqa: BLE001 - one video must never end a batch; the reason is kept
-            detail = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            detail = one_line(err)
             result.verdict, result.error = ERROR, f"could not be checked ({type(err).__name__}{': ' * bool(detail)}{detail})"
         if result.verdict == ERROR:
             result.fake_probability, result.certainty, result.faces, result.tracks, result.crops = None, "", [], [], []
@@ -193,7 +211,7 @@ class Checker:
     def check_many(self, paths: Iterable[Path], ahead: int = 2) -> Iterator[tuple[Path, CheckResult]]:
         """(path, result) for each video, in order, with the next ``ahead`` videos decoding and
         detecting while this one is scored: a folder goes near the speed of decoding, and at most
-        ``ahead + 1`` checks hold frames at once. Two ahead keep 2 cores busier than one (README,
+        ``ahead + 1`` checks hold frames at once. Two ahead keep 2 cores busier than one (docs/results.md,
         "Checking videos": 1.90 cores against 1.77 on the 62 c23 videos). Each video decodes on one thread:
         with several in flight the cores are busy anyway, and FFmpeg's own frame threads would only
         contend with them (``benchmarks/bench_check.py``: less CPU per video, the same results)."""
@@ -207,6 +225,7 @@ class Checker:
                     yield done, future.result()
 
     def _check(self, path: Path, result: CheckResult, decode_threads: int | None = None) -> None:
+        require_file(path)  # photos too: a broken link or a FIFO is said to be one, and never opened
         found = self.faces.run(path, self.settings.frame_indices, decode_threads)
         info = found.info
         result.frames_asked, result.frames_sampled = len(found.sampled), len(found.read)

@@ -103,7 +103,7 @@ class MotionSampling:
     """Side, in pixels, that the face region is resized to before optical flow is measured."""
     flow: str = "dis-fast"
     """Optical flow: OpenCV's DIS (Kroeger et al. 2016) at preset ultrafast, fast or medium. "fast" was
-    chosen for its accuracy per second; the README's "unmask prepare" section gives the trade-off."""
+    chosen for its accuracy per second; docs/commands.md's "unmask prepare" section gives the trade-off."""
 
     def __post_init__(self) -> None:
         if any(int(d) < 1 for d in self.offsets) or self.size < 32:
@@ -174,7 +174,7 @@ def _gpu_driver() -> bool:
 @dataclass(frozen=True)
 class CheckSettings:
     """How a video is looked at. Defaults favour a steady verdict in about a second (see the
-    README's "Checking videos" table for what they cost)."""
+    "Checking videos" table of docs/results.md for what they cost)."""
 
     frames: int = 16
     """Frames spread evenly over the video: the mean of 16 face scores varies far less than of
@@ -196,6 +196,13 @@ class CheckSettings:
     """Frames larger than this are scaled down as they are decoded (``FaceDetection.max_side``)."""
     device: str = "auto"
 
+    def __post_init__(self) -> None:
+        if self.frames < 1:
+            raise UnmaskError(f"frames must be at least 1, got {self.frames}")
+        for name in ("min_confidence", "track_iou", "min_face_share", "min_track_share"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise UnmaskError(f"{name} must lie between 0 and 1, got {getattr(self, name)}")
+
     def frame_indices(self, frame_count: int) -> list[int]:
         import numpy as np  # only when frames are chosen: importing the settings stays cheap
 
@@ -205,13 +212,14 @@ class CheckSettings:
 
 CHECK_MEMORY_MB = 700
 """The most one check holds beyond the loaded models, with frames bounded to 1920 px; an 8K video,
-the worst case, stays under it (``benchmarks/bench_memory.py``, README "Safety and limits")."""
+the worst case, stays under it (``benchmarks/bench_memory.py``, docs/safety.md)."""
 
 
 @dataclass(frozen=True)
 class ServeSettings:
     """The limits of `unmask serve`. Each bounds what clients can hold: disk (uploads waiting
-    as files), the pool (checks), and time (an upload that stalls or crawls is cut off)."""
+    as files), the pool (checks), time (an upload that stalls, trickles or crawls is cut off), and
+    each client address's share of the upload slots."""
 
     max_upload_mb: float = 200
     """Largest video accepted; a bigger one is 413 without reading the body."""
@@ -219,12 +227,23 @@ class ServeSettings:
     """Videos checked at the same time."""
     max_uploads: int = 16
     """Uploads being received at once; more get 503 at once."""
+    upload_headroom: int = 4
+    """Upload slots kept for client addresses not already sending a video: an address with an
+    upload in progress cannot take one of the last 4 free slots (its request gets 429 at once), so
+    one address holds at most ``max_uploads - upload_headroom`` of them and others always get in.
+    Behind a reverse proxy every client has the proxy's address: set it to 0 there. 0: no headroom."""
     max_queued: int = 16
     """Checks waiting for or running on the pool; more get 503 at once."""
     upload_timeout_s: float = 600
     """Longest one upload may take (200 MB at about 3 Mbit/s); a slower one gets 408."""
     stall_timeout_s: float = 20
     """Longest wait for the next piece of an upload; a client that stalls gets 408."""
+    min_upload_rate_kb: float = 10
+    """Slowest an upload may arrive, in kB/s (1000 bytes), averaged over the last ``rate_window_s``:
+    a trickle of bytes never stalls, so without a floor it holds its slot until ``upload_timeout_s``.
+    10 kB/s (80 kbit/s) is far below any working connection. 0: no floor."""
+    rate_window_s: float = 10
+    """Seconds the upload rate is averaged over; an upload is first judged one window after it starts."""
     upload_dir: Path | None = None
     """Where uploads wait while checked (None: the system's temporary folder)."""
     memory_budget_mb: float = 1500
@@ -238,8 +257,12 @@ class ServeSettings:
             raise UnmaskError(f"the upload limit must be positive, got {self.max_upload_mb} MB")
         if min(self.workers, self.max_uploads, self.max_queued) < 1:
             raise UnmaskError("workers, max_uploads and max_queued must be at least 1")
-        if self.upload_timeout_s <= 0 or self.stall_timeout_s <= 0:
-            raise UnmaskError("the upload and stall timeouts must be positive")
+        if self.upload_headroom < 0:
+            raise UnmaskError(f"the upload headroom cannot be negative, got {self.upload_headroom}")
+        if self.upload_timeout_s <= 0 or self.stall_timeout_s <= 0 or self.rate_window_s <= 0:
+            raise UnmaskError("the upload and stall timeouts and the rate window must be positive")
+        if self.min_upload_rate_kb < 0:
+            raise UnmaskError(f"the upload rate floor cannot be negative, got {self.min_upload_rate_kb} kB/s")
         if self.upload_dir is not None and not Path(self.upload_dir).is_dir():
             raise UnmaskError(f"upload folder {self.upload_dir} does not exist")
 

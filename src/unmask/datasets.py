@@ -176,32 +176,77 @@ def read_folders(root: Path) -> DatasetScan:
     return scan
 
 
+PATH_COLUMNS = ("path", "file", "image", "video")
+"""Column names a manifest may give its files under (face-image sets often name the video a crop came from)."""
+SPLIT_COLUMNS = ("split", "part")
+
+
+def _first_column(header: Sequence[str], names: Sequence[str]) -> str | None:
+    return next((name for name in names if name in header), None)
+
+
+class _FileFinder:
+    """Resolves a manifest's file names: as a path relative to the manifest, else (for a name
+    without a suffix, as face-image sets give the video a crop came from) the one image under the
+    manifest's folder with that stem. The folder is indexed once, and only if a name needs it."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self._by_stem: dict[str, Path | None] | None = None
+
+    def __call__(self, name: str) -> Path | None:
+        path = Path(name)
+        path = path if path.is_absolute() else self.folder / path
+        if path.is_file() or path.suffix:
+            return path if path.is_file() else None
+        if self._by_stem is None:
+            self._by_stem = {}
+            for found in self.folder.rglob("*"):
+                if found.suffix.lower() in IMAGE_SUFFIXES + VIDEO_SUFFIXES:
+                    self._by_stem[found.stem] = None if found.stem in self._by_stem else found  # None: ambiguous
+        return self._by_stem.get(path.name)
+
+
 def read_manifest(csv_path: Path) -> DatasetScan:
-    """A CSV with columns path, label (real/fake or 0/1) and optional group, split, method."""
+    """A CSV of videos or face images: a file column (path, file, image or video), label (real/fake
+    or 0/1), and optional group (the identity, the unit of every split), split or part
+    (train/val/test, honoured as an official split), method and source.
+
+    Each bad row (an unknown label or split, a file that is not there) is one line in ``problems``
+    and is left out; the rest are read. A face-image set such as the DFDC faces (``parts.csv`` beside
+    ``faces_224/<video>.jpg``) reads as it is: each image is a one-frame video of its group.
+    """
     scan = DatasetScan(root=csv_path.parent, layout="manifest")
     try:
         with csv_path.open(newline="") as handle:
             rows = list(csv.DictReader(handle))
     except (OSError, UnicodeDecodeError, csv.Error) as err:
         raise UnmaskError(f"cannot read manifest {csv_path}: {err}") from None
-    if not rows or not {"path", "label"} <= set(rows[0]):
-        raise UnmaskError(f"manifest {csv_path} needs a header with at least 'path' and 'label' columns")
+    header = list(rows[0]) if rows else []
+    path_column, split_column = _first_column(header, PATH_COLUMNS), _first_column(header, SPLIT_COLUMNS)
+    if path_column is None or "label" not in header:
+        raise UnmaskError(f"manifest {csv_path} needs a header with a file column ({', '.join(PATH_COLUMNS)}) "
+                          "and a 'label' column")
     labels = {"real": REAL, "0": REAL, "fake": FAKE, "1": FAKE}
+    find = _FileFinder(csv_path.parent)
     for number, row in enumerate(rows, start=2):
         label = labels.get((row.get("label") or "").strip().lower())
         if label is None:
             scan.problems.append(f"line {number}: label {row.get('label')!r} is not real/fake/0/1")
             continue
-        path = Path(row["path"])
-        path = path if path.is_absolute() else csv_path.parent / path
-        key = row["path"]
-        split = (row.get("split") or "").strip()
+        key = (row.get(path_column) or "").strip()
+        path = find(key) if key else None
+        if path is None:
+            scan.problems.append(f"line {number}: no such file {key!r} under {csv_path.parent}")
+            continue
+        split = (row.get(split_column) or "").strip() if split_column else ""
         if split not in ("", "train", "val", "test"):
-            scan.problems.append(f"line {number}: split {split!r} is not train/val/test")
-            split = ""
+            scan.problems.append(f"line {number}: {split_column} {split!r} is not train/val/test")
+            continue
         scan.videos.append(Video(
             path=path, label=label, key=key, ids=identity_token((row.get("group") or "").strip() or key), split=split,
             method=(row.get("method") or "").strip() or ("original" if label == REAL else "unknown"),
+            source=(row.get("source") or "").strip(),
         ))
     return scan
 

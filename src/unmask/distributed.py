@@ -16,12 +16,14 @@ import json
 import logging
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import asdict, replace
 from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -30,13 +32,14 @@ import numpy as np
 
 from unmask.config import PrepareConfig
 from unmask.datasets import Video
-from unmask.errors import UnmaskError
+from unmask.errors import UnmaskError, one_line
 from unmask.prepare import _video_record, make_face_pass, process_and_write
 from unmask.store import VIDEO_COLUMNS, Shard, shard_id, write_shard
 from unmask.util import torch_world
 
-if TYPE_CHECKING:  # check loads the detector and the model; workers import it when they check
-    from unmask.check import CheckResult
+if TYPE_CHECKING:  # the API loads the detector and the model; workers import it when they check
+    from unmask.api import Detector, Result
+    from unmask.config import CheckSettings
 
 QUEUE_CLUSTERS = {"slurm": "SLURMCluster", "lsf": "LSFCluster", "pbs": "PBSCluster"}
 Runner = Callable[[list[Video], Path], Iterable[dict]]
@@ -136,13 +139,34 @@ def cluster_client(scheduler: str | None = None, cluster: str | None = None, job
             # Without Dask's MALLOC_TRIM_THRESHOLD_ for workers, glibc keeps its adaptive mmap
             # threshold; with it, every decoded frame is a fresh mmap whose pages fault in again
             # (measured: 4x the page faults, +30% CPU per video). See docs/cluster.md.
-            with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
-                # silence_logs: Dask's own warnings (a nanny killing a slow worker at shutdown)
-                # are not the user's business; failures reach them as error records
-                started = LocalCluster(n_workers=workers or os.cpu_count() or 1, threads_per_worker=1,
-                                       processes=True, silence_logs=logging.ERROR)
+            # silence_logs, and DASK_LOGGING__DISTRIBUTED in the workers: Dask's own log lines (a
+            # nanny killing a slow worker at shutdown, a worker whose heartbeat finds the scheduler
+            # gone after Ctrl+C) are not the user's business; failures reach them as error records
+            with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+                                  "distributed.nanny.pre-spawn-environ.DASK_LOGGING__DISTRIBUTED": "critical"}):
+                with _ctrl_c_for_this_process_only():
+                    started = LocalCluster(n_workers=workers or os.cpu_count() or 1, threads_per_worker=1,
+                                           processes=True, silence_logs=logging.ERROR)
     with started, Client(started) as client:
         yield client
+
+
+@contextmanager
+def _ctrl_c_for_this_process_only() -> Iterator[None]:
+    """SIGINT ignored meanwhile, so that the worker processes Dask spawns meanwhile start with it
+    ignored (an ignored signal stays ignored across exec, and Python then leaves it so). Ctrl+C in a
+    terminal signals the whole process group: this way it reaches only this process, which stops the
+    workers as it shuts the cluster down, instead of each worker printing its own KeyboardInterrupt
+    traceback. The cost: a Ctrl+C while the cluster starts (a few seconds) is not heard."""
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is None or threading.current_thread() is not threading.main_thread():  # not ours to change
+        yield
+        return
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _queue_cluster(kind: str, options: dict, config_file: Path | None):
@@ -219,19 +243,21 @@ def _bounded_tasks(client, task, items, group: str, name, args: tuple, retries: 
         yield item, future
 
 
-_checker: tuple | None = None
-"""(model path, settings, Checker) of this worker process."""
+_detector: tuple | None = None
+"""(model folder, settings, Detector) of this worker process: the model loads once per worker."""
 
 
-def _check(path: Path, model: Path | None, settings) -> CheckResult:
-    """One task: check one video on a worker, with the worker's own Checker."""
-    global _checker
-    from unmask.check import Checker
+def _check(path: Path, model: Path | None, settings: CheckSettings) -> Result:
+    """One task: check one video on a worker, with the worker's own Detector. Whatever is wrong with
+    the video (unreadable, or not there on this worker's host) is its ERROR result, as in a local batch."""
+    global _detector
+    from unmask.api import Detector
 
-    if _checker is None or _checker[:2] != (model, settings):
-        _checker = (model, settings, Checker(model, settings))
+    if _detector is None or _detector[:2] != (model, settings):
+        _detector = (model, settings, Detector(model, **asdict(settings)))
         one_thread()
-    return _checker[2].check(path)
+    (result,) = _detector[2].check_many([path])
+    return result
 
 
 def one_thread() -> None:
@@ -244,24 +270,27 @@ def one_thread() -> None:
         sys.modules["torch"].set_num_threads(1)
 
 
-def check_on_cluster(client, paths: list[Path], model: Path | None, settings, retries: int = 2,
-                     in_flight: int = 64) -> Iterator:
-    """Check videos on the cluster behind ``client``; yield CheckResults as they finish.
+def check_on_cluster(client, paths: list[Path], detector: Detector, retries: int = 2,
+                     in_flight: int = 64) -> Iterator[Result]:
+    """What ``detector.check_many(paths)`` gives, checked on the cluster behind ``client`` (each worker
+    loading the detector's model and settings once) and yielded as they finish. The results draw
+    their reports with ``detector``'s model, here.
 
     A video whose worker dies every time becomes an ERROR result with the reason."""
-    from unmask.check import ERROR, CheckResult
+    from unmask.api import Result
+    from unmask.check import ERROR
 
     paths = [Path(p).absolute() for p in paths]
-    model = Path(model).absolute() if model else None
+    model = detector.folder.absolute() if detector.folder else None
     for path, future in _bounded_tasks(client, _check, paths, "check", lambda p: shard_id(str(p)),
-                                       (model, settings), retries, in_flight):
+                                       (model, detector.settings), retries, in_flight):
         try:
             result = future.result()
         except Exception as err:  # a dead worker or a bug on it: reported, the run goes on
-            result = CheckResult(path=str(path), verdict=ERROR, fake_probability=None, certainty="",
-                                 threshold=0.0, model={}, error=f"failed on the cluster: {type(err).__name__}: {err}")
+            result = Result(path=str(path), verdict=ERROR, fake_probability=None, certainty="", threshold=0.0,
+                            model={}, error=f"failed on the cluster: {type(err).__name__}: {one_line(err)}")
         future.release()
-        yield result
+        yield detector.adopt(result)
 
 
 class _Capacity:
@@ -291,7 +320,7 @@ def _outcome(future, video: Video, config: PrepareConfig, shards_dir: Path) -> d
     if isinstance(error, KilledWorker):
         reason = f"worker died {error.allowed_failures + 1} times while processing it (KilledWorker)"
     else:
-        reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else 'no message'}"
+        reason = f"{type(error).__name__}: {one_line(error) or 'no message'}"
     return _failed(video, config, shards_dir, reason)
 
 

@@ -18,6 +18,7 @@ from sklearn.pipeline import FeatureUnion
 from sklearn.utils.validation import check_is_fitted
 
 from unmask.errors import UnmaskError
+from unmask.store import FaceArray
 from unmask.registry import Registry
 
 FEATURES: Registry[BaseEstimator] = Registry("feature extractor")
@@ -76,6 +77,8 @@ def feature_matrix(n: int, d: int) -> np.ndarray:
 
 
 def _check_faces(X) -> np.ndarray:
+    if isinstance(X, FaceArray):  # faces read from stores one by one: these models need them in memory
+        X = np.asarray(X)
     if not isinstance(X, np.ndarray) or X.ndim != 4 or X.shape[-1] != 3 or X.dtype != np.uint8:
         raise UnmaskError(
             "feature extractors expect uint8 face crops of shape (N, H, W, 3), got "

@@ -202,3 +202,131 @@ class FaceStore:
         origin = table[["crop_x1", "crop_y1"]].to_numpy(np.float32)[:, None, :]
         extent = table[["crop_x2", "crop_y2"]].to_numpy(np.float32)[:, None, :] - origin
         return (points - origin) * (self.crop_size / extent)
+
+
+class FaceArray:
+    """Faces of one or more stores, at chosen rows, read one face at a time: a view, never a copy.
+
+    Training on every store together (the DFDC faces alone are 14 GB at 224 px) must not gather
+    its faces into memory; the CNN's batches read ``faces[i]`` one by one, and a scikit-learn
+    model that needs the pixels in memory gets them with ``np.asarray(faces)``.
+    """
+
+    ndim = 4
+    dtype = np.dtype(np.uint8)
+
+    def __init__(self, arrays: list[np.ndarray], index: np.ndarray):
+        self.arrays = arrays
+        self.index = np.asarray(index, dtype=np.int64)
+        """(N, 2): which array, which row of it."""
+        self.shape = (len(self.index), *arrays[0].shape[1:]) if arrays else (0, 0, 0, 3)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, key):
+        if isinstance(key, (int, np.integer)):
+            which, row = self.index[key]
+            return self.arrays[which][row]
+        return FaceArray(self.arrays, self.index[key])
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+    def __array__(self, dtype=None, copy=None):
+        out = np.empty(self.shape, np.uint8)
+        for which in np.unique(self.index[:, 0]):
+            mine = self.index[:, 0] == which
+            out[mine] = self.arrays[which][self.index[mine, 1]]
+        return out if dtype is None else out.astype(dtype)
+
+
+def faces_at(store: "AnyStore", rows: np.ndarray) -> "np.ndarray | FaceArray":
+    """The faces at table positions ``rows``: the memmap itself when that is all of them, else a view."""
+    index = store.table["row"].to_numpy()[rows]
+    if isinstance(store, FaceStore):
+        if len(index) == len(store.faces) and np.array_equal(index, np.arange(len(store.faces))):
+            return store.faces
+        return FaceArray([store.faces], np.column_stack([np.zeros(len(index), np.int64), index]))
+    return store.faces[index]
+
+
+class CombinedStore:
+    """Several face stores read as one (a video dataset with motion, a face-image set without, photos),
+    so one model trains on all of them: their tables stacked, with a ``dataset`` column naming each face's
+    store (the source the balanced sampler shares the batches out by), and their faces as one ``FaceArray``.
+
+    The stores must hold crops cut alike (size, margin, detector): a model learns one framing, the one
+    ``unmask check`` will cut. Faces of a store without motion features have them missing (NaN), and are
+    judged by their look alone.
+    """
+
+    def __init__(self, stores: list[FaceStore]):
+        if len(stores) < 2:
+            raise UnmaskError("combine two face stores or more")
+        first = stores[0]
+        for other in stores[1:]:
+            theirs, ours = other.settings["faces"], first.settings["faces"]
+            differ = [k for k in ("size", "margin", "detector", "min_confidence") if theirs.get(k) != ours.get(k)]
+            if differ:
+                raise UnmaskError(f"{other.root} cuts its faces otherwise than {first.root} "
+                                  f"({', '.join(f'{k}: {theirs.get(k)} against {ours.get(k)}' for k in differ)}); "
+                                  "prepare them with the same --size, --margin and detector")
+        names = [s.root.name for s in stores]
+        if len(set(names)) != len(names):
+            raise UnmaskError(f"two of the stores share a folder name ({', '.join(names)}): each names its faces' source")
+        self.stores = stores
+        self.root = Path(" + ".join(names))
+        motion = next((s.settings for s in stores if s.has_motion), None)
+        self.settings = {**first.settings, **({"motion": motion["motion"], "motion_features": motion["motion_features"]}
+                                                 if motion else {})}
+        tables = []
+        for number, store in enumerate(stores):
+            table = store.table.copy()
+            table["dataset"] = store.root.name
+            table["store_number"] = number
+            tables.append(table)
+        self.table = pd.concat(tables, ignore_index=True)
+        self.table["row"] = np.arange(len(self.table))
+        self.videos = pd.concat([s.videos.assign(dataset=s.root.name) for s in stores], ignore_index=True)
+        self.faces = FaceArray([s.faces for s in stores], np.column_stack(
+            [self.table["store_number"].to_numpy(), np.concatenate([s.table["row"].to_numpy() for s in stores])]))
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    crop_size = property(lambda self: self.stores[0].crop_size)
+    margin = property(lambda self: self.stores[0].margin)
+    has_motion = property(lambda self: any(s.has_motion for s in self.stores))
+
+    def _per_store(self, rows: np.ndarray | None, read, width: tuple[int, ...]) -> np.ndarray:
+        rows = np.arange(len(self.table)) if rows is None else np.asarray(rows)
+        numbers = self.table["store_number"].to_numpy()[rows]
+        offsets = np.cumsum([0, *(len(s) for s in self.stores)])
+        out = np.full((len(rows), *width), np.nan, np.float32)
+        for number, store in enumerate(self.stores):
+            mine = numbers == number
+            if mine.any():
+                value = read(store, rows[mine] - offsets[number])
+                if value is not None:
+                    out[mine] = value
+        return out
+
+    def motion(self, rows: np.ndarray | None = None) -> np.ndarray:
+        """Motion features where a store has them, NaN for the faces of the stores without."""
+        if not self.has_motion:
+            raise UnmaskError(f"none of {self.root} has motion features; prepare one with --motion")
+        return self._per_store(rows, lambda s, r: s.motion(r) if s.has_motion else None, (len(MOTION_COLUMNS),))
+
+    def keypoints(self, rows: np.ndarray | None = None) -> np.ndarray:
+        return self._per_store(rows, lambda s, r: s.keypoints(r), (5, 2))
+
+
+AnyStore = FaceStore | CombinedStore
+"""What training, evaluation and the benchmarks read faces from."""
+
+
+def open_stores(paths: list[Path]) -> AnyStore:
+    """One store, or several read as one."""
+    stores = [FaceStore(Path(p)) for p in paths]
+    return stores[0] if len(stores) == 1 else CombinedStore(stores)

@@ -22,7 +22,7 @@ from unmask.evaluate import choose_threshold, evaluate_scores, per_method_metric
 from unmask.models import check_fit_memory, create_model, per_face_inputs
 from unmask.models.io import LoadedModel, apply_calibration, fit_calibration, round_weights, save_model
 from unmask.splits import LEAKY_SPLITS, grouped_kfold, identity_groups, split_indices
-from unmask.store import FaceStore
+from unmask.store import AnyStore, faces_at
 from unmask.usage import measure_usage
 
 SPLIT_CHOICES = ("official", "videos", "frames", "cv", "none")
@@ -46,6 +46,9 @@ class TrainOptions:
     aggregate: str = "mean"
     seed: int = 42
     title: str | None = None
+    data_terms: str | None = None
+    """The terms of use of the data trained on (e.g. "DFDC: research and non-commercial use"), for the card:
+    a model trained on research-only data carries them."""
     weights_dtype: str = "float32"
     """float16: a torch model's large tensors rounded to half precision once fitted, before calibration,
     evaluation and saving, so the folder is half the size and what is measured is what is saved."""
@@ -57,30 +60,39 @@ def build_estimator(options: TrainOptions):
     return create_model(options.model, features=options.features, **params)
 
 
-def fit_estimator(estimator, store: FaceStore, rows: np.ndarray):
+def fit_estimator(estimator, store: AnyStore, rows: np.ndarray):
     """Fit on the given table positions, handing groups/keypoints/motion/methods to estimators that take them."""
     table = store.table.iloc[rows]
     extra = per_face_inputs(estimator.fit, {"groups": lambda: identity_groups(table["ids"]),
                                             "keypoints": lambda: store.keypoints(rows),
                                             "motion": lambda: store.motion(rows),
-                                            "methods": lambda: table["method"].astype(str).to_numpy()})
-    return estimator.fit(_faces(store, rows), table["label"].to_numpy(), **extra)
+                                            "methods": lambda: balance_cells(table)})
+    return estimator.fit(faces_at(store, rows), table["label"].to_numpy(), **extra)
 
 
-def _faces(store: FaceStore, rows: np.ndarray) -> np.ndarray:
-    """The faces at table positions ``rows``; the memmap itself when that is all of them."""
-    index = store.table["row"].to_numpy()[rows]
-    if len(index) == len(store.faces) and np.array_equal(index, np.arange(len(store.faces))):
-        return store.faces
-    return store.faces[index]
+def balance_cells(table: pd.DataFrame) -> np.ndarray:
+    """What training balances: the method of each face, as "dataset/method" when stores are combined."""
+    methods = table["method"].astype(str).to_numpy()
+    if "dataset" not in table:
+        return methods
+    return (table["dataset"].astype(str) + "/" + table["method"].astype(str)).to_numpy()
 
 
-def predict_fake(estimator, store: FaceStore, rows: np.ndarray, calibration: dict | None = None) -> np.ndarray:
+def official_splits(table: pd.DataFrame) -> np.ndarray:
+    """Each face's official split; in combined stores, a store that has none (photos, say) only trains."""
+    split = table["split"].astype(str).to_numpy()
+    if "dataset" in table:
+        unsplit = table.groupby("dataset")["split"].transform(lambda s: (s.astype(str) == "").all()).to_numpy()
+        split = np.where(unsplit, "train", split)
+    return split
+
+
+def predict_fake(estimator, store: AnyStore, rows: np.ndarray, calibration: dict | None = None) -> np.ndarray:
     extra = per_face_inputs(estimator.predict_proba, {"motion": lambda: store.motion(rows)})
-    return apply_calibration(calibration, estimator.predict_proba(_faces(store, rows), **extra)[:, 1])
+    return apply_calibration(calibration, estimator.predict_proba(faces_at(store, rows), **extra)[:, 1])
 
 
-def _check_memory(options: TrainOptions, store: FaceStore, n_rows: int) -> None:
+def _check_memory(options: TrainOptions, store: AnyStore, n_rows: int) -> None:
     from unmask.features import feature_dim
 
     estimator = build_estimator(options)
@@ -90,14 +102,14 @@ def _check_memory(options: TrainOptions, store: FaceStore, n_rows: int) -> None:
         check_fit_memory(options.model, n_rows, dim)
 
 
-def _split(store: FaceStore, how: str, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _split(store: AnyStore, how: str, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(train, validation, test) positions. Validation exists only for the official split."""
     table = store.table
     empty = np.array([], dtype=int)
     if how in ("cv", "none"):
         return np.arange(len(table)), empty, empty
     if how == "official":
-        split = table["split"].astype(str).to_numpy()
+        split = official_splits(table)
         if (split == "").all():
             raise UnmaskError("these faces have no official split information; use --split videos or cv")
         train, val, test = (np.flatnonzero(split == name) for name in ("train", "val", "test"))
@@ -108,7 +120,7 @@ def _split(store: FaceStore, how: str, seed: int) -> tuple[np.ndarray, np.ndarra
     return train, empty, test
 
 
-def _calibration_part(store: FaceStore, train: np.ndarray, val: np.ndarray, seed: int):
+def _calibration_part(store: AnyStore, train: np.ndarray, val: np.ndarray, seed: int):
     """Validation for calibration: the official val rows, else an identity-grouped 20% of train."""
     if val.size:
         return train, val
@@ -124,6 +136,8 @@ def data_summary(table: pd.DataFrame) -> dict[str, Any]:
         "per_class": table.groupby("label").size().rename(index={0: "real", 1: "fake"}).to_dict(),
         "per_method": table.groupby("method").size().to_dict(),
         "per_compression": table.groupby("compression").size().to_dict(),
+        **({"per_dataset": table.groupby(["dataset", "label"]).size().unstack(fill_value=0)
+            .rename(columns={0: "real", 1: "fake"}).to_dict("index")} if "dataset" in table else {}),
     }
 
 
@@ -135,7 +149,7 @@ class TrainResult:
     cv: dict | None = None
 
 
-def train(store: FaceStore, options: TrainOptions, out_dir: Path, report_dir: Path | None = None,
+def train(store: AnyStore, options: TrainOptions, out_dir: Path, report_dir: Path | None = None,
           on_fold: Callable[[int, dict], None] | None = None) -> TrainResult:
     """Fit a model, report on its held-out part (or by cross-validation), and save it with its card.
 
@@ -213,6 +227,7 @@ def _card(estimator, store, options, fit_rows, test_rows, calibration, threshold
         "aggregate": options.aggregate,
         "training": {
             "store": store.root.name, "split": options.split, "seed": options.seed,
+            "data_terms": options.data_terms,
             "leak_warning": LEAKY_SPLITS.get(options.split),
             "data": data_summary(store.table.iloc[fit_rows]),
             "test_data": data_summary(store.table.iloc[test_rows]) if test_rows.size else None,
@@ -236,7 +251,7 @@ def _is_plain(value) -> bool:
     return value is None or isinstance(value, (bool, int, float, str, list, tuple, dict))
 
 
-def cross_validate(store: FaceStore, options: TrainOptions,
+def cross_validate(store: AnyStore, options: TrainOptions,
                    on_fold: Callable[[int, dict], None] | None = None) -> dict:
     """Identity-grouped k-fold: per-fold frame and video metrics, their mean and spread."""
     folds = []
@@ -287,7 +302,7 @@ def summarize_folds(folds: list[dict]) -> dict:
     return summary
 
 
-def tune(store: FaceStore, options: TrainOptions, grid: dict[str, list],
+def tune(store: AnyStore, options: TrainOptions, grid: dict[str, list],
          on_trial: Callable[[dict], None] | None = None) -> dict:
     """Try every combination of ``grid`` with identity-grouped k-fold; rank by video AUC, then frame AUC."""
     if options.split in ("frames",):
@@ -313,7 +328,7 @@ def tune(store: FaceStore, options: TrainOptions, grid: dict[str, list],
             "trials": trials, "best": trials[0] if trials else None}
 
 
-def evaluate_model(model: LoadedModel, store: FaceStore, split: str | None = None, aggregate: str | None = None,
+def evaluate_model(model: LoadedModel, store: AnyStore, split: str | None = None, aggregate: str | None = None,
                    report_dir: Path | None = None) -> dict:
     """Score the faces of a store (all, or one split of them) and report at frame and video level."""
     table = store.table
@@ -328,7 +343,7 @@ def evaluate_model(model: LoadedModel, store: FaceStore, split: str | None = Non
     aggregate = aggregate or model.card.get("aggregate", "mean")
     with measure_usage() as usage:
         motion = store.motion(rows) if model.needs_motion else None
-        p_fake = model.fake_probability(_faces(store, rows), motion=motion)
+        p_fake = model.fake_probability(faces_at(store, rows), motion=motion)
     metrics = evaluate_scores(table.iloc[rows], p_fake, model.threshold, aggregate)
     if report_dir is not None:
         context = {"model": model.name, "model_dir": str(model.path), "data": str(store.root),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,24 +15,67 @@ from typing import Any
 
 import numpy as np
 
+from unmask.errors import UnmaskError
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+
+NOT_REGULAR = {stat.S_IFLNK: "a symbolic link", stat.S_IFDIR: "a folder", stat.S_IFCHR: "a character device",
+               stat.S_IFBLK: "a block device", stat.S_IFIFO: "a named pipe (FIFO)", stat.S_IFSOCK: "a socket"}
+"""What a path can be other than a regular file, in words."""
+
+
+def check_replaceable(path: Path) -> None:
+    """Refuse a path that is there but not a regular file: renaming a new file over it would put a
+    regular file in the place of a device, a FIFO, a link or a folder's name."""
+    try:
+        mode = os.lstat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):  # nothing there (yet)
+        return
+    if not stat.S_ISREG(mode):
+        kind = NOT_REGULAR.get(stat.S_IFMT(mode), "not a regular file")
+        raise UnmaskError(f"{path} is {kind}; give the name of a new file or of a regular file to replace")
+
+
+def check_writable(path: Path) -> None:
+    """Refuse, before any work is done, a file ``atomic_path`` could not write: one that is not a
+    regular file, or whose folder is not one or cannot be written (missing folders are made)."""
+    path = Path(path)
+    check_replaceable(path)
+    folder = path.absolute().parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise UnmaskError(f"cannot write {path}: {folder} is not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UnmaskError(f"cannot write {path}: folder {folder} is not writable")
 
 
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it over ``path`` only if the block succeeds."""
+    """Yield a temporary path beside ``path``; rename it over ``path`` only if the block succeeds.
+    Only a missing path or a regular file is replaced (``check_replaceable``), and a failure to
+    write is reported under ``path``, the name the caller knows, never the temporary one."""
     path = Path(path)
+    check_replaceable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise OSError(err.errno, err.strerror, str(path)) from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
+        try:
+            yield tmp_path
+        except OSError as err:
+            if err.filename != str(tmp_path):
+                raise
+            raise OSError(err.errno, err.strerror, str(path)) from None
         os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes files private; ours are meant to be shared
         try:
             os.replace(tmp_path, path)
-        except OSError as err:  # name the path the caller gave (a folder there, say), not our temporary file
+        except OSError as err:
             raise OSError(err.errno, err.strerror, str(path)) from None
     finally:
         tmp_path.unlink(missing_ok=True)

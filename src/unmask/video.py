@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import os
+import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +29,7 @@ import numpy as np
 from av.video.reformatter import VideoReformatter
 
 from unmask.errors import UnmaskError
+from unmask.util import NOT_REGULAR
 
 
 class VideoError(UnmaskError):
@@ -58,21 +61,53 @@ class _Index:
     """Presentation timestamps of the pictures no other picture is predicted from (safe to skip)."""
 
 
+def require_file(path: Path) -> None:
+    """Refuse, with a VideoError saying why in one line, what is not a non-empty regular file: a
+    missing path, a broken link, a FIFO (opening one would wait forever), a folder, an empty file."""
+    path = Path(path)
+    if not path.exists():
+        if path.is_symlink():
+            raise VideoError(f"{path}: a broken link (to {os.readlink(path)}, which does not exist)")
+        raise VideoError(f"{path}: no such file")
+    info = path.stat()
+    if not stat.S_ISREG(info.st_mode):
+        raise VideoError(f"{path}: {NOT_REGULAR.get(stat.S_IFMT(info.st_mode), 'not a regular file')}, not a video file")
+    if info.st_size == 0:
+        raise VideoError(f"{path}: empty file (0 bytes)")
+
+
 def open_video(path: Path) -> av.container.InputContainer:
     """The file opened for reading its video stream, or a VideoError saying in one line why it cannot be."""
     path = Path(path)
-    if not path.is_file():
-        raise VideoError(f"{path}: no such file")
-    if path.stat().st_size == 0:
-        raise VideoError(f"{path}: empty file (0 bytes)")
+    require_file(path)
     try:
         container = av.open(str(path), metadata_errors="ignore")
     except av.error.FFmpegError as err:
+        size = _refused_y4m_size(path)
+        if size is not None:
+            raise VideoError(f"{path}: its frame size, {size[0]}x{size[1]}, is refused (larger than FFmpeg "
+                             "decodes)") from None
         raise VideoError(f"{path}: not a readable video ({err.strerror or err})") from None
     if not container.streams.video:
         container.close()
         raise VideoError(f"{path}: contains no video stream")
     return container
+
+
+def _refused_y4m_size(path: Path) -> tuple[int, int] | None:
+    """The frame size a YUV4MPEG2 header declares when FFmpeg refuses pictures that large (its
+    av_image_check_size rule); FFmpeg refuses the file then without saying why (its error is EBUSY)."""
+    with path.open("rb") as handle:
+        header = handle.readline(256).split()
+    if not header or header[0] != b"YUV4MPEG2":
+        return None
+    fields = {token[:1]: token[1:] for token in header[1:]}
+    try:
+        width, height = int(fields[b"W"]), int(fields[b"H"])
+    except (KeyError, ValueError):
+        return None
+    too_large = width <= 0 or height <= 0 or (8 * width + 1024) * (height + 128) >= 2**31 - 1
+    return (width, height) if too_large else None
 
 
 def _nal_length_size(stream) -> int | None:

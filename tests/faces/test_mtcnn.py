@@ -11,7 +11,7 @@ import torch
 skimage_data = pytest.importorskip("skimage.data")
 
 from unmask.errors import UnmaskError  # noqa: E402
-from unmask.faces.detectors import Detection  # noqa: E402
+from unmask.faces.detection import Detection  # noqa: E402
 from unmask.faces.mtcnn import MTCNN  # noqa: E402
 from unmask.faces.mtcnn_onnx import _Integral  # noqa: E402
 

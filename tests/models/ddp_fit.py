@@ -16,7 +16,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 from unmask.distributed import torch_process_group
-from unmask.models.cnn import ARCHITECTURES, Architecture, TorchFaceClassifier
+from unmask.models.architectures import ARCHITECTURES, Architecture
+from unmask.models.cnn import TorchFaceClassifier
 
 
 class Plain(nn.Module):

@@ -20,7 +20,8 @@ from sklearn.metrics import roc_auc_score
 from unmask.errors import UnmaskError
 from unmask.faces.crop import crop_face, keypoints_in_crop
 from unmask.models import MODELS, create_model
-from unmask.models.cnn import ARCHITECTURES, TorchFaceClassifier
+from unmask.models.architectures import ARCHITECTURES
+from unmask.models.cnn import TorchFaceClassifier
 from unmask.models.nets.mesonet import load_released
 from unmask.synth import self_blend
 
@@ -191,6 +192,48 @@ def test_checkpoint_resumes_where_it_stopped(tmp_path):
     assert again.history_ == three.history_
     with pytest.raises(UnmaskError, match="other settings"):
         small_fit(epochs=3, checkpoint_dir=folder, lr=0.1)
+
+
+def test_a_run_stopped_in_the_middle_of_an_epoch_resumes_from_that_step(tmp_path, monkeypatch):
+    """Epochs of hours are saved between their steps too: a crash loses minutes, and the resumed run
+    ends where an unbroken one does (balanced draws, cosine schedule and self-blends included)."""
+    from unmask.models.batches import FaceBatches
+
+    settings = dict(epochs=2, epoch_faces=64, schedule="cosine", warmup=0.2)
+    methods = np.where(np.arange(48) % 3 == 0, "a/Deepfakes", np.where(np.arange(48) % 2, "a/original", "b/original"))
+    faces, keypoints = astronaut_faces(48, 48, seed=3)
+    labels = np.arange(48) % 3 == 0
+
+    def fit(**params):
+        model = TorchFaceClassifier(**(dict(arch="resnet-small", input_size=32, batch_size=16, augment=True,
+                                            synth_ratio=0.3, val_fraction=0.0, device="cpu", seed=0)
+                                       | settings | params))
+        return model.fit(faces, labels, keypoints=keypoints, methods=methods)
+
+    straight = fit()
+    assert [h["faces"] for h in straight.history_] == [64, 64]
+    folder = tmp_path / "run"
+    made = FaceBatches.training
+    calls = []
+
+    def crash_at_batch_6(self, job):
+        calls.append(job)
+        if len(calls) == 6:  # the second batch of epoch 2: a power cut
+            raise KeyboardInterrupt
+        return made(self, job)
+
+    monkeypatch.setattr(FaceBatches, "training", crash_at_batch_6)
+    with pytest.raises(KeyboardInterrupt):
+        fit(checkpoint_dir=folder, checkpoint_minutes=1e-9, num_workers=0)  # saved after every step
+    monkeypatch.setattr(FaceBatches, "training", made)
+    from unmask.models.checkpoint import load_checkpoint
+
+    assert {k: load_checkpoint(folder / "checkpoint.safetensors")[1][k] for k in ("epoch", "step")} == \
+        {"epoch": 1, "step": 1}
+    resumed = fit(checkpoint_dir=folder)
+    assert [h["faces"] for h in resumed.history_] == [64, 64]
+    for name, tensor in straight.weights().items():
+        torch.testing.assert_close(resumed.weights()[name], tensor, atol=1e-5, rtol=1e-5)
 
 
 def test_checkpoints_are_safetensors_and_a_damaged_one_is_refused_in_one_line(tmp_path):

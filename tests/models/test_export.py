@@ -19,9 +19,8 @@ from unmask.faces.mtcnn_onnx import OnnxMTCNN  # noqa: E402
 from unmask.faces.motion import MOTION_FEATURES  # noqa: E402
 from unmask.errors import UnmaskError  # noqa: E402
 from unmask.models import create_model  # noqa: E402
-from unmask.models.export import ONNX_FILE, export_onnx  # noqa: E402
-from unmask.models.io import load_inference_model, load_model, save_model  # noqa: E402
-from unmask.models.onnx_model import OnnxModel  # noqa: E402
+from unmask.models.io import export_onnx, load_inference_model, load_model, save_model  # noqa: E402
+from unmask.models.onnx_model import ONNX_FILE, OnnxModel  # noqa: E402
 
 TOLERANCE = 1e-4
 

@@ -1,39 +1,18 @@
-"""The seam for face detectors: what every detector returns, and detectors by name.
+"""Face detectors by name: the registry that builds the detector a setting names.
 
-A detector takes a batch of RGB uint8 frames and returns, per frame, the faces it found. To
-add one: a settings dataclass and a field for it in ``unmask.config.FaceDetection``, a module
-in this package, and a builder registered here (``DETECTORS.register``) that imports it lazily,
-so that choosing a detector by name never costs the import of another.
+A detector takes a batch of RGB uint8 frames and returns, per frame, the faces it found
+(``unmask.faces.detection``: the ``Detection`` type and the ``FaceDetector`` protocol). To add
+one: a settings dataclass and a field for it in ``unmask.config.FaceDetection``, a module in
+this package, and a builder registered here (``DETECTORS.register``) that imports it lazily, so
+that choosing a detector by name never costs the import of another.
 """
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Protocol
-
-import numpy as np
 
 from unmask.config import FaceDetection, resolve_device
+from unmask.faces.detection import FaceDetector
 from unmask.registry import Registry
-
-
-@dataclass(frozen=True)
-class Detection:
-    """One face found in one image."""
-
-    box: tuple[float, float, float, float]
-    """x1, y1, x2, y2 in pixels of the input image."""
-    confidence: float
-    """The detector's face probability."""
-    keypoints: np.ndarray
-    """(5, 2) float32 (x, y): left eye, right eye, nose, mouth left, mouth right."""
-
-
-class FaceDetector(Protocol):
-    def detect(self, images: Sequence[np.ndarray]) -> list[list[Detection]]:
-        """The faces of each (H, W, 3) RGB uint8 image, in the image's pixel coordinates."""
-
 
 DETECTORS: Registry[FaceDetector] = Registry("face detector")
 

@@ -25,7 +25,8 @@ import numpy as np
 from unmask.config import FaceDetection, MotionSampling
 from unmask.datasets import is_photo, read_photo
 from unmask.faces.crop import crop_box, crop_face
-from unmask.faces.detectors import Detection, FaceDetector, create_detector
+from unmask.faces.detection import Detection, FaceDetector
+from unmask.faces.detectors import create_detector
 from unmask.faces.motion import motion_features, neighbours, wanted_frames
 from unmask.faces.tracks import link_tracks
 from unmask.video import Frame, VideoInfo, fitted_size, stream_frames
@@ -156,7 +157,10 @@ class FacePass:
         if self.keep == "all":
             frames_in_order = sorted({f.frame for f in result.faces})
             by_frame = [[f for f in result.faces if f.frame == i] for i in frames_in_order]
-            ids = link_tracks([[np.asarray(f.box) for f in found] for found in by_frame], self.track_iou)
+            missing = result.missing
+            after_gap = [any(before < m < frame for m in missing)  # a damaged stretch since the last faces
+                         for before, frame in zip([-1, *frames_in_order], frames_in_order)]
+            ids = link_tracks([[np.asarray(f.box) for f in found] for found in by_frame], self.track_iou, after_gap)
             for found, tracks in zip(by_frame, ids):
                 for face, track in zip(found, tracks):
                     face.track = track

@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 
 from unmask.errors import UnmaskError
-from unmask.faces.detectors import Detection
+from unmask.faces.detection import Detection
 from unmask.onnxnet import OnnxNet
 
 NETS = ("pnet", "rnet", "onet")

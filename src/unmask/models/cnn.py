@@ -8,7 +8,7 @@ fakes on the fly, stops early on an identity-grouped validation split, and resum
 per-epoch checkpoints. Inside a ``torch.distributed`` group (``torchrun``) it trains with
 DistributedDataParallel: each process takes its share of every epoch and gradients are averaged.
 
-Networks live in ``ARCHITECTURES``: the MesoNet ports (``unmask.models.nets.mesonet``; the
+Networks live in ``unmask.models.architectures``: the MesoNet ports (``unmask.models.nets.mesonet``; the
 authors' weights with ``init="released"``) and ``resnet-small``, a compact residual net that
 trains from scratch in minutes on two CPU cores. Whatever the network's own convention,
 the estimator works with the logit of P(fake).
@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -34,83 +33,15 @@ from unmask.errors import UnmaskError
 from unmask.models import MODELS
 from unmask.models.batches import FaceBatches, chunks, prefetched
 from unmask.models.gradcam import grad_cam
-from unmask.models.nets.mesonet import FastMesoNet, Meso4, MesoInception4, load_released
-from unmask.models.nets.resnet_small import ResNetSmall
-from unmask.models.nets.efficientnet_lite import IMAGENET_MEAN, IMAGENET_STD, EfficientNetLite0, pretrained_lite0
+from unmask.models.architectures import ARCHITECTURES, Architecture
 from unmask.models.training import TrainingLoop, amp_dtype, cpu_state
-from unmask.registry import Registry
 from unmask.splits import _group_split
+from unmask.store import FaceArray
 
 
-@dataclass(frozen=True)
-class Architecture:
-    """A network and how to feed it: what the estimator needs beyond the weights."""
-
-    build: Callable[[], nn.Module]
-    """A randomly initialised network; forward maps (N, 3, S, S) to (N,) logits."""
-    input_size: int
-    """Default side S of the square input."""
-    fixed_size: bool
-    """True when the network only takes ``input_size`` (a dense layer after the convs)."""
-    logit_sign: float
-    """+1 if forward gives the logit of P(fake), -1 if of P(real) (MesoNet)."""
-    mean: tuple[float, float, float] | None
-    """Per-channel mean subtracted after scaling to [0, 1] (None: no normalisation)."""
-    std: tuple[float, float, float] | None
-    crop_margin: float
-    """Recommended box margin of the face crops (fraction of the box on each side)."""
-    cam_layer: str
-    """Submodule whose output Grad-CAM explains: the last conv block."""
-    released: Callable[[], nn.Module] | None = None
-    """The authors' trained network, where weights were released."""
-    inference: Callable[[nn.Module], nn.Module] | None = None
-    """Wraps a network into an equivalent one that is faster in eval mode (None: use it as is)."""
-    pretrained: Callable[[], nn.Module] | None = None
-    """The network with ImageNet-pretrained features and a fresh single-logit head (``init="imagenet"``)."""
-
-
-ARCHITECTURES: Registry[Architecture] = Registry("architecture")
-
-
-# The data README: released MesoNet on FF++ works best with MTCNN boxes enlarged by 30%.
-MESONET_MARGIN = 0.3
-
-
-@ARCHITECTURES.register("meso4", help="Meso-4 (Afchar et al. 2018), 28k parameters, 256 px; "
-                                      "--param init=released: the authors' Deepfakes weights")
-def _meso4() -> Architecture:
-    return Architecture(build=Meso4, input_size=256, fixed_size=True, logit_sign=-1.0, mean=None, std=None,
-                        crop_margin=MESONET_MARGIN, cam_layer="block4", released=lambda: load_released("meso4"),
-                        inference=FastMesoNet)
-
-
-@ARCHITECTURES.register("mesoinception4", help="MesoInception-4 (Afchar et al. 2018), 28k parameters, 256 px; "
-                                               "--param init=released: the authors' Deepfakes weights")
-def _mesoinception4() -> Architecture:
-    return Architecture(build=MesoInception4, input_size=256, fixed_size=True, logit_sign=-1.0, mean=None, std=None,
-                        crop_margin=MESONET_MARGIN, cam_layer="block4",
-                        released=lambda: load_released("mesoinception4"), inference=FastMesoNet)
-
-
-@ARCHITECTURES.register("resnet-small", help="compact ResNet, 1.2M parameters, 160 px, trained from scratch: "
-                                             "minutes on 2 CPU cores")
-def _resnet_small() -> Architecture:
-    return Architecture(build=ResNetSmall, input_size=160, fixed_size=False, logit_sign=1.0,
-                        mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), crop_margin=MESONET_MARGIN,
-                        cam_layer="stages.3")
-
-
-@ARCHITECTURES.register("efficientnet-lite0", help="EfficientNet-Lite0, 4.7M parameters, 160 px; --param "
-                                                   "init=imagenet: ImageNet weights, fresh head, fine-tuned")
-def _efficientnet_lite0() -> Architecture:
-    # 160 px: 85 faces/s inference and 24/s training on 2 cores against 19 and 10 at 224 px.
-    return Architecture(build=EfficientNetLite0, input_size=160, fixed_size=False, logit_sign=1.0,
-                        mean=IMAGENET_MEAN, std=IMAGENET_STD, crop_margin=MESONET_MARGIN, cam_layer="head",
-                        pretrained=pretrained_lite0)
-
-
-def _check_faces(X: Any) -> np.ndarray:
-    if not isinstance(X, np.ndarray) or X.ndim != 4 or X.shape[-1] != 3 or X.dtype != np.uint8:
+def _check_faces(X: Any) -> np.ndarray | FaceArray:
+    """Face crops as given: an array, or a ``FaceArray`` view of stores (read a face at a time, never gathered)."""
+    if not isinstance(X, (np.ndarray, FaceArray)) or X.ndim != 4 or X.shape[-1] != 3 or X.dtype != np.uint8:
         raise UnmaskError("CNN models expect uint8 RGB face crops of shape (N, H, W, 3), got "
                           f"{type(X).__name__} {getattr(X, 'dtype', '')} {getattr(X, 'shape', '')}".rstrip())
     if len(X) == 0:
@@ -161,6 +92,19 @@ class TorchFaceClassifier(TrainingLoop, LogitClassifierMixin, BaseEstimator):
     progress : show a progress bar on stderr with the loss and the validation AUC.
     num_workers : threads preparing batches ahead; None: 1 on CPU (the cores run the network),
         up to 8 on GPU (augmentation is then the bottleneck).
+    epoch_faces : None: an epoch is every training face once, the loss weighted to balance the classes and
+        methods. A number: an epoch is that many faces drawn so that class, source and method are balanced
+        (``unmask.models.training.balanced_draw``; ``methods`` "source/method" name the cells), for data
+        whose sources differ in size by orders of magnitude (a face-image set of thousands of people beside
+        a few hundred videos).
+    schedule : "constant" learning rate, or "cosine": a linear warm-up over ``warmup`` of all steps, then a
+        cosine decay to zero at the last epoch.
+    warmup : fraction of all steps spent warming up (cosine only).
+    val_max_faces : score at most this many of the held-out faces after each epoch (a fixed random draw;
+        None: all); the rest stay out of training all the same.
+    checkpoint_minutes : with ``checkpoint_dir``, also save in the middle of an epoch this often, so that
+        an epoch of hours loses at most this much when stopped (0: at the end of epochs only; under
+        torchrun too, where the processes' partial sums would have to be gathered first).
 
     Fitted attributes: ``net_`` (the torch module, eval mode), ``classes_``, ``history_`` (one dict per
     epoch: loss, val_auc, faces, synth, processes, seconds; faces and loss over all processes),
@@ -172,7 +116,9 @@ class TorchFaceClassifier(TrainingLoop, LogitClassifierMixin, BaseEstimator):
                  epochs: int = 20, batch_size: int = 32, lr: float | None = None, weight_decay: float = 0.01,
                  augment: bool = True, synth_ratio: float = 0.0, val_fraction: float = 0.2, patience: int = 5,
                  device: str = "auto", seed: int = 42, checkpoint_dir: str | os.PathLike | None = None,
-                 progress: bool = False, num_workers: int | None = None, trainable_blocks: int | None = None):
+                 progress: bool = False, num_workers: int | None = None, trainable_blocks: int | None = None,
+                 epoch_faces: int | None = None, schedule: str = "constant", warmup: float = 0.02,
+                 val_max_faces: int | None = None, checkpoint_minutes: float = 10.0):
         self.arch = arch
         self.init = init
         self.input_size = input_size
@@ -190,6 +136,11 @@ class TorchFaceClassifier(TrainingLoop, LogitClassifierMixin, BaseEstimator):
         self.progress = progress
         self.num_workers = num_workers
         self.trainable_blocks = trainable_blocks
+        self.epoch_faces = epoch_faces
+        self.schedule = schedule
+        self.warmup = warmup
+        self.val_max_faces = val_max_faces
+        self.checkpoint_minutes = checkpoint_minutes
 
     # ----- description -----
 
@@ -201,6 +152,8 @@ class TorchFaceClassifier(TrainingLoop, LogitClassifierMixin, BaseEstimator):
             raise UnmaskError(f"{self.arch} has no ImageNet weights; use init='scratch'")
         if self.trainable_blocks is not None and not hasattr(arch.build, "freeze"):
             raise UnmaskError(f"{self.arch} cannot freeze blocks; leave trainable_blocks unset")
+        if self.schedule not in ("constant", "cosine"):
+            raise UnmaskError(f"schedule must be 'constant' or 'cosine', not {self.schedule!r}")
         if self.init == "released" and arch.released is None:
             raise UnmaskError(f"{self.arch} has no released weights; use init='scratch'")
         if self.input_size is not None and arch.fixed_size and self.input_size != arch.input_size:
@@ -261,8 +214,12 @@ class TorchFaceClassifier(TrainingLoop, LogitClassifierMixin, BaseEstimator):
             raise UnmaskError("training needs fake faces, or real faces and synth_ratio > 0 with keypoints")
         if not (y == 0).any():
             raise UnmaskError("training needs real faces")
-        train, validation = self._split(y, groups, synth_ratio > 0)
+        cells = None if methods is None else np.asarray(list(methods), dtype=str)
+        if cells is not None and cells.shape != y.shape:
+            raise UnmaskError("methods must name one method per face")
+        train, validation = self._split(y, groups, synth_ratio > 0, cells)
         self.validation_rows_ = np.empty(0, dtype=np.int64) if validation is None else validation[0][~validation[1]]
+        validation = self._scored(validation)
         cuda_devices = [device.index if device.index is not None else torch.cuda.current_device()] \
             if device.type == "cuda" else []
         with torch.random.fork_rng(devices=cuda_devices):
@@ -274,11 +231,22 @@ class TorchFaceClassifier(TrainingLoop, LogitClassifierMixin, BaseEstimator):
             if rank:  # replicas start from rank 0's weights (DDP copies them); their dropout differs
                 torch.manual_seed(int(np.random.SeedSequence([self.seed, rank]).generate_state(1)[0]))
             return self._train(arch, net.to(device, memory_format=torch.channels_last), X, y, keypoints,
-                               synth_ratio, train, validation, methods)
+                               synth_ratio, train, validation, cells)
 
-    def _split(self, y: np.ndarray, groups: Iterable[Any] | None,
-               synth: bool) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
-        """Training positions, and validation (positions, which to self-blend) or None."""
+    def _scored(self, validation: tuple[np.ndarray, np.ndarray] | None) -> tuple[np.ndarray, np.ndarray] | None:
+        """The held-out faces scored after each epoch: all, or a fixed draw of ``val_max_faces``."""
+        if validation is None or not self.val_max_faces or len(validation[0]) <= self.val_max_faces:
+            return validation
+        keep = np.sort(np.random.default_rng([self.seed, 1]).choice(len(validation[0]), self.val_max_faces,
+                                                                     replace=False))
+        return validation[0][keep], validation[1][keep]
+
+    def _split(self, y: np.ndarray, groups: Iterable[Any] | None, synth: bool,
+               cells: np.ndarray | None = None) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
+        """Training positions, and validation (positions, which to self-blend) or None.
+
+        With cells named "source/method", each source holds out ``val_fraction`` of its own identity
+        groups: a few hundred videos keep their share beside a face-image set of thousands of people."""
         everything = np.arange(len(y))
         if not self.val_fraction:
             return everything, None
@@ -291,7 +259,17 @@ class TorchFaceClassifier(TrainingLoop, LogitClassifierMixin, BaseEstimator):
         codes = np.unique(np.asarray(list(groups), dtype=str), return_inverse=True)[1].ravel()
         if codes.shape != y.shape:
             raise UnmaskError("groups must name one identity per face")
-        train, held_out = _group_split(y, codes, self.val_fraction, np.random.default_rng(self.seed))
+        source_of = (np.zeros(len(y), dtype=int) if cells is None
+                     else np.unique(np.char.rpartition(cells, "/")[:, 0], return_inverse=True)[1].ravel())
+        train, held_out = [], []
+        for source in np.unique(source_of):
+            where = np.flatnonzero(source_of == source)
+            rng = np.random.default_rng(self.seed if source_of.max() == 0 else [self.seed, source])
+            kept, out = _group_split(y[where], np.unique(codes[where], return_inverse=True)[1].ravel(),
+                                     self.val_fraction, rng)
+            train.append(where[kept])
+            held_out.append(where[out])
+        train, held_out = np.sort(np.concatenate(train)), np.sort(np.concatenate(held_out))
         has_fakes = (y[held_out] == 1).any()
         trainable = (y[train] == 0).any() and ((y[train] == 1).any() or synth)
         if not trainable or not (y[held_out] == 0).any() or not (has_fakes or synth):

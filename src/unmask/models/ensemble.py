@@ -28,7 +28,7 @@ class LogitEnsemble(LogitClassifierMixin, BaseEstimator):
 
     Parameters
     ----------
-    archs : one member per architecture name (``unmask.models.cnn.ARCHITECTURES``); all must
+    archs : one member per architecture name (``unmask.models.architectures.ARCHITECTURES``); all must
         take the same input size and crop margin.
     member_params : ``TorchFaceClassifier`` parameters every member gets (init, epochs, lr, ...).
     seed : member ``i`` is seeded ``seed + i``.

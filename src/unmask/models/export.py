@@ -5,8 +5,9 @@ What is exported is what ``decision_function`` computes once the crops are resiz
 network's input: scaling and normalisation, every CNN member, the mean of their logits, and the
 motion fusion's standardised linear head, in one graph from uint8 crops (and motion features)
 to the logit of P(fake). ``save_model`` writes it whenever it saves a network that exports, and
-checks it against torch on random faces first; tools/export_onnx.py writes it for an existing
-model folder. Needs the ``onnx`` package (``pip install unmask[export]``).
+checks it against torch on random faces first; ``unmask.models.io.export_onnx`` (what
+tools/export_onnx.py runs) writes it for an existing model folder. Needs the ``onnx`` package
+(``pip install unmask[export]``).
 """
 from __future__ import annotations
 
@@ -19,11 +20,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from unmask.errors import UnmaskError
+from unmask.errors import UnmaskError, one_line
 from unmask.faces.motion import MOTION_FEATURES
+from unmask.models.onnx_model import ONNX_FILE, OnnxModel
 from unmask.onnxnet import export, sha256
 
-ONNX_FILE = "model.onnx"
 TOLERANCE = 1e-4
 """How far the exported logits may be from torch's (plus 1e-5 of their size) for the export to be kept."""
 
@@ -93,8 +94,6 @@ def write_onnx(estimator: Any, out_dir: Path, weights: Path) -> dict:
            {**{name: {0: "n"} for name in names}, "logit": {0: "n"}})
     entry = {"file": ONNX_FILE, "sha256": sha256(path), "weights_sha256": sha256(weights), "inputs": names,
              "size": size}
-    from unmask.models.onnx_model import OnnxModel
-
     exported = OnnxModel(path.parent, {"onnx": entry}).decision_function(faces, motion)
     expected = estimator.decision_function(faces, **({"motion": motion} if head is not None else {}))
     if not np.allclose(exported, expected, rtol=1e-5, atol=TOLERANCE):
@@ -112,20 +111,8 @@ def try_write_onnx(estimator: Any, out_dir: Path, weights: Path) -> dict | None:
     except ImportError as error:
         reason = f"{error.name or error} is not installed (pip install unmask[export])"
     except Exception as error:  # noqa: BLE001 - any exporter failure leaves the torch model as it is
-        reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+        reason = f"{type(error).__name__}: {one_line(error)}"
     (Path(out_dir) / ONNX_FILE).unlink(missing_ok=True)
     warnings.warn(f"{out_dir}: no {ONNX_FILE} (checking will import torch): {reason}", stacklevel=3)
     return None
 
-
-def export_onnx(folder: Path) -> Path:
-    """Write ``model.onnx`` into an existing model folder and name it in its card."""
-    from unmask.models.io import CARD, load_model
-    from unmask.util import write_json
-
-    loaded = load_model(folder)
-    if loaded.card["kind"] != "torch":
-        raise UnmaskError(f"{folder} holds a scikit-learn model; only torch models are exported to ONNX")
-    entry = write_onnx(loaded.estimator, loaded.path, loaded.path / loaded.card["file"])
-    write_json(loaded.path / CARD, {**loaded.card, "onnx": entry})
-    return loaded.path / ONNX_FILE

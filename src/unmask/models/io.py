@@ -4,13 +4,20 @@ PyTorch nets (and, where the network exports, the same function as ``model.onnx`
 what it is, how it was trained and how well it did. The card also carries what ``check`` must
 honour: crop size and margin, probability calibration and the decision threshold.
 
+A model folder may come from anyone, so reading one is bounded: each file's size is checked
+before a byte of it is read (``MAX_CARD_BYTES``, ``MAX_MODEL_FILE_BYTES``, the latter also for what
+a skops file unpacks to), and a scikit-learn model's trees are checked before they predict
+(``unmask.models.tree_check``).
+
 torch, scikit-learn and skops are imported only by the loaders and savers that need them.
 """
 from __future__ import annotations
 
 import json
 import platform
+import zipfile
 from dataclasses import dataclass
+from io import BytesIO
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -18,14 +25,21 @@ from typing import Any
 import numpy as np
 
 from unmask import __version__
-from unmask.errors import UnmaskError
+from unmask.errors import UnmaskError, one_line
 from unmask.faces.motion import MOTION_FEATURES
 from unmask.models import per_face_inputs
+from unmask.models.onnx_model import ONNX_FILE
 from unmask.util import atomic_path, write_json
 
 FORMAT = "unmask-model"
 FORMAT_VERSION = 1
 CARD = "card.json"
+MAX_CARD_BYTES = 8 * 2**20
+"""Largest card.json read (8 MiB): the default model's, with its metrics per fold, is 89 kB."""
+MAX_MODEL_FILE_BYTES = 256 * 2**20
+"""Largest model file read (256 MiB): safetensors weights, a skops file and what it unpacks to, an
+ONNX export. Ten times the largest model unmask trains (EfficientNet-Lite0, about 25 MB at float32);
+the default model's folder is 0.3 MB."""
 SKOPS_ALLOWED_TYPES = frozenset({
     "sklearn.calibration._CalibratedClassifier",
     "sklearn.calibration._SigmoidCalibration",
@@ -141,7 +155,7 @@ def save_model(estimator: Any, out_dir: Path, card: dict) -> Path:
     if hasattr(estimator, "weights") and hasattr(estimator, "load_weights"):
         from safetensors.torch import save_file
 
-        from unmask.models.export import ONNX_FILE, try_write_onnx
+        from unmask.models.export import try_write_onnx
 
         dtype = card.setdefault("weights_dtype", "float32")
         round_weights(estimator, dtype)
@@ -176,18 +190,49 @@ def load_inference_model(path: Path | None = None, device: str = "cpu") -> Loade
     path, card = _read_card(path)
     onnx = card.get("onnx")
     if device == "cpu" and card["kind"] == "torch" and onnx is not None:
-        from unmask.onnxnet import sha256
-
         file, weights = path / onnx["file"], path / card["file"]
-        if (file.is_file() and weights.is_file() and sha256(file) == onnx["sha256"]
-                and sha256(weights) == onnx["weights_sha256"]):
+        if file.is_file() and weights.is_file() and _exported_from(file, weights, onnx):
             from unmask.models.onnx_model import OnnxModel
 
             try:
-                return LoadedModel(OnnxModel(path, card), card, path)
+                return LoadedModel(OnnxModel(path, card, torch_model=lambda: load_model(path).estimator), card, path)
             except Exception as err:  # noqa: BLE001 - whatever a damaged file makes a reader raise, one line
-                raise UnmaskError(f"{file} cannot be read as an ONNX model ({type(err).__name__}: {err})") from None
+                raise UnmaskError(f"{file} cannot be read as an ONNX model ({type(err).__name__}: "
+                                  f"{one_line(err)})") from None
     return load_model(path)
+
+
+def _exported_from(export: Path, weights: Path, entry: dict) -> bool:
+    """Whether ``export`` is the file the card's ``onnx`` entry names, made from these ``weights``
+    (both bounded in size before they are hashed)."""
+    from unmask.onnxnet import sha256
+
+    _check_size(export)
+    _check_size(weights)
+    return sha256(export) == entry["sha256"] and sha256(weights) == entry["weights_sha256"]
+
+
+def _check_size(file: Path, limit: int = MAX_MODEL_FILE_BYTES) -> None:
+    """Refuse ``file`` when it is over ``limit`` bytes, before a byte of it is read."""
+    size = file.stat().st_size
+    if size > limit:
+        raise UnmaskError(f"{file} is {size:,} bytes, over the limit of {_mib(limit)} for this file; "
+                          "it is not a model written by unmask")
+
+
+def _mib(size: int) -> str:
+    return f"{size / 2**20:g} MiB"
+
+
+def _read_within_limit(file: Path, limit: int = MAX_MODEL_FILE_BYTES) -> bytes:
+    """The file's bytes, refused unread when larger than ``limit``, and refused when reading it gives
+    more than its size said (a file still growing)."""
+    _check_size(file, limit)
+    with file.open("rb") as handle:
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise UnmaskError(f"{file} grew past the limit of {_mib(limit)} for this file while it was read")
+    return data
 
 
 def _read_card(path: Path | None) -> tuple[Path, dict]:
@@ -196,10 +241,13 @@ def _read_card(path: Path | None) -> tuple[Path, dict]:
     card_path = path / CARD
     if not card_path.is_file():
         raise UnmaskError(f"{path} is not a model folder (no {CARD}); make one with `unmask train`")
+    data = _read_within_limit(card_path, MAX_CARD_BYTES)
     try:
-        card = json.loads(card_path.read_text())
+        card = json.loads(data.decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as err:
         raise UnmaskError(f"{card_path} is not valid JSON: {err}") from None
+    except RecursionError:
+        raise UnmaskError(f"{card_path} is nested too deeply to be a model card") from None
     _check_card(card, card_path)
     if card.get("format") != FORMAT or card.get("format_version") != FORMAT_VERSION:
         raise UnmaskError(f"{path}: model format {card.get('format')} v{card.get('format_version')} is not "
@@ -216,14 +264,15 @@ def load_model(path: Path | None = None) -> LoadedModel:
     file = path / card["file"]
     if not file.is_file():
         raise UnmaskError(f"{file} is missing (the model card names it)")
+    _check_size(file)
     load = _load_torch if card["kind"] == "torch" else _load_sklearn
     try:
         estimator = load(file, card)
     except UnmaskError as err:
         raise UnmaskError(f"{file}: {err}") from None
     except Exception as err:  # noqa: BLE001 - whatever a damaged file makes a reader raise, the user gets one line
-        raise UnmaskError(f"{file} cannot be read as a {card['kind']} model ({type(err).__name__}: {err}); "
-                          "it is damaged or not a model written by unmask") from None
+        raise UnmaskError(f"{file} cannot be read as a {card['kind']} model ({type(err).__name__}: "
+                          f"{one_line(err)}); it is damaged or not a model written by unmask") from None
     return LoadedModel(estimator, card, path)
 
 
@@ -266,20 +315,46 @@ def _load_torch(file: Path, card: dict):
 
 def _load_sklearn(file: Path, card: dict):
     """Only the exact types of ``SKOPS_ALLOWED_TYPES`` that the card says the file holds are
-    trusted; skops reads the file's schema without constructing anything to tell us which it holds."""
+    trusted; skops reads the file's schema without constructing anything to tell us which it holds.
+    The zip is read once, and what it declares it unpacks to is bounded before skops unpacks any of
+    it (Python's zip reader never gives more than a member declares); the trees of what skops
+    builds are checked before anything predicts with them."""
     import sklearn
     import skops.io
+
+    from unmask.models.tree_check import check_trees
 
     saved = card.get("versions", {}).get("scikit-learn", "")
     if saved.split(".")[:2] != sklearn.__version__.split(".")[:2]:
         raise UnmaskError(f"saved with scikit-learn {saved}, this is {sklearn.__version__}; "
                           "retrain it or install the same scikit-learn version")
-    held = skops.io.get_untrusted_types(file=file)
+    data = _read_within_limit(file)
+    with zipfile.ZipFile(BytesIO(data)) as archive:
+        unpacked = sum(member.file_size for member in archive.infolist())
+    if unpacked > MAX_MODEL_FILE_BYTES:
+        raise UnmaskError(f"refused: it unpacks to {unpacked:,} bytes, over the limit of "
+                          f"{_mib(MAX_MODEL_FILE_BYTES)} for a model")
+    held = skops.io.get_untrusted_types(data=data)
     refused = sorted(t for t in held if t not in SKOPS_ALLOWED_TYPES or t not in card["skops_types"])
     if refused:
         raise UnmaskError(f"refused: it holds types unmask never loads ({', '.join(refused)}); "
                           "a model file must not be able to run code")
-    return skops.io.load(file, trusted=held)
+    estimator = skops.io.loads(data, trusted=held)
+    check_trees(estimator)
+    return estimator
+
+
+def export_onnx(folder: Path) -> Path:
+    """Write ``model.onnx`` into an existing model folder and name it in its card (what
+    tools/export_onnx.py runs; ``save_model`` does it for every network it saves)."""
+    from unmask.models.export import write_onnx
+
+    loaded = load_model(folder)
+    if loaded.card["kind"] != "torch":
+        raise UnmaskError(f"{folder} holds a scikit-learn model; only torch models are exported to ONNX")
+    entry = write_onnx(loaded.estimator, loaded.path, loaded.path / loaded.card["file"])
+    write_json(loaded.path / CARD, {**loaded.card, "onnx": entry})
+    return loaded.path / ONNX_FILE
 
 
 # ------------------------------------------------------------------ calibration

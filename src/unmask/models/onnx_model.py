@@ -4,9 +4,13 @@ Why: ``unmask check`` on a CPU spends longer importing torch than scoring a vide
 ``OnnxModel`` takes the crops (and motion features) the torch estimator takes and returns
 the same ``predict_proba`` within 1e-4; Grad-CAM, which needs gradients, loads the torch
 model from the same folder the first time a report asks for it.
+
+The file's name and its reader live here, below both the exporter and the model folder's I/O
+(``unmask.models.io``), so neither of those imports the other's importer.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,17 +21,23 @@ from unmask.faces.crop import resize_square
 from unmask.faces.motion import MOTION_FEATURES
 from unmask.onnxnet import OnnxNet
 
+ONNX_FILE = "model.onnx"
+"""The export's name in a model folder."""
 BATCH = 16
 """Faces per run: on a CPU, larger batches fall out of cache (see ``TorchFaceClassifier``)."""
 
 
 class OnnxModel:
-    """``decision_function`` / ``predict_proba`` of the model folder's exported per-face function."""
+    """``decision_function`` / ``predict_proba`` of the model folder's exported per-face function.
 
-    def __init__(self, folder: Path, card: dict):
+    ``torch_model``: loads the torch estimator the export was made from, for Grad-CAM (None:
+    no heatmaps, as for the exporter's own check of the file it wrote)."""
+
+    def __init__(self, folder: Path, card: dict, torch_model: Callable[[], Any] | None = None):
         entry = card["onnx"]
         self.folder, self.inputs, self.size = Path(folder), list(entry["inputs"]), entry["size"]
         self.net = OnnxNet(self.folder / entry["file"])
+        self._load_torch = torch_model
         self._torch: Any = None
 
     def decision_function(self, X: np.ndarray, motion: np.ndarray | None = None) -> np.ndarray:
@@ -55,9 +65,9 @@ class OnnxModel:
         return np.column_stack([1.0 - fake, fake])
 
     def gradcam(self, X: np.ndarray) -> np.ndarray | None:
-        """The torch model's Grad-CAM maps (imports torch, once)."""
+        """The torch model's Grad-CAM maps (imports torch, once); None without ``torch_model``."""
+        if self._load_torch is None:
+            return None
         if self._torch is None:
-            from unmask.models.io import load_model
-
-            self._torch = load_model(self.folder).estimator
+            self._torch = self._load_torch()
         return self._torch.gradcam(X)

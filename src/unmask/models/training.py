@@ -29,7 +29,7 @@ from unmask.models.checkpoint import join_optimizer_state, load_checkpoint, save
 from unmask.util import torch_world
 
 if TYPE_CHECKING:
-    from unmask.models.cnn import Architecture, TorchFaceClassifier
+    from unmask.models.architectures import Architecture
 
 
 def balanced_weights(y: np.ndarray, methods: np.ndarray | None, synth_ratio: float) -> tuple[np.ndarray, float]:
@@ -58,21 +58,79 @@ def balanced_weights(y: np.ndarray, methods: np.ndarray | None, synth_ratio: flo
     return weights, share((1, blended)) if synth_ratio else 0.0
 
 
+def _source_and_method(cell: str) -> tuple[str, str]:
+    """A cell name is "method", or "source/method" when faces come from several datasets."""
+    source, _, method = cell.rpartition("/")
+    return source, method
+
+
+def cell_shares(y: np.ndarray, cells: np.ndarray, synth_ratio: float) -> dict[tuple[int, str], float]:
+    """The share of an epoch's draws that each (label, cell) gets: the classes weigh the same once
+    self-blends are counted as fakes; within a class each source weighs the same, and within a
+    source each method. So 2,000 photos weigh as much as 13,000 DFDC faces, and 6 NeuralTextures
+    videos as much as 37 Deepfakes videos: "balanced by source x method x class"."""
+    real_share = 0.5 / (1.0 - synth_ratio)  # a drawn real face is self-blended with synth_ratio
+    shares = {}
+    for label, class_share in ((0, real_share), (1, 1.0 - real_share)):
+        names = np.unique(cells[y == label])
+        sources = sorted({_source_and_method(c)[0] for c in names})
+        for cell in names:
+            source = _source_and_method(cell)[0]
+            in_source = sum(1 for c in names if _source_and_method(c)[0] == source)
+            shares[(label, str(cell))] = class_share / len(sources) / in_source
+    if not any(label == 1 for label, _ in shares):  # no fakes: self-blends are the whole fake class
+        shares = {cell: share / real_share for cell, share in shares.items()}
+    return shares
+
+
+def balanced_draw(y: np.ndarray, cells: np.ndarray, count: int, synth_ratio: float, seed: int,
+                  epoch: int) -> np.ndarray:
+    """Positions (into ``y``) of epoch ``epoch``'s ``count`` faces, shared out as ``cell_shares`` says,
+    in random order. Each cell is read as an endless stream of fresh permutations of its faces, epoch
+    after epoch, so every face of a large cell is seen once before any is seen twice, and a small cell
+    comes round again and again. Only ``(seed, epoch)`` decides the draw: a resumed run draws the same."""
+    shares = cell_shares(y, cells, synth_ratio)
+    picked = []
+    for number, ((label, cell), share) in enumerate(sorted(shares.items())):
+        members = np.flatnonzero((y == label) & (cells == cell))
+        take = int(round(share * count))
+        start = epoch * take
+        blocks = range(start // len(members), (start + take - 1) // len(members) + 1) if take else range(0)
+        stream = np.concatenate([np.random.default_rng([seed, number, block]).permutation(members)
+                                 for block in blocks]) if take else np.empty(0, np.int64)
+        offset = start - blocks[0] * len(members) if take else 0
+        picked.append(stream[offset:offset + take])
+    return np.random.default_rng([seed, epoch]).permutation(np.concatenate(picked))
+
+
+def learning_rate_factor(step: int, total: int, schedule: str, warmup: int) -> float:
+    """The learning rate at ``step`` of ``total``, as a fraction of its peak: constant, or a linear warm-up
+    over ``warmup`` steps then a cosine down to zero (long runs: fast early, settled at the end)."""
+    if schedule == "constant":
+        return 1.0
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1.0 + np.cos(np.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+
 class TrainingLoop:
     """Training of ``TorchFaceClassifier`` (its parameters are the estimator's)."""
 
     def _fingerprint(self, X: np.ndarray, y: np.ndarray, synth_ratio: float) -> str:
         """What a checkpoint must agree on to be resumed: every setting that changes the path of
-        training (not ``epochs``, which may grow) and the shape of the data."""
-        params = {k: v for k, v in self.get_params().items()
-                  if k not in ("epochs", "patience", "device", "checkpoint_dir", "progress", "num_workers")}
+        training and the shape of the data; not ``epochs`` under a constant learning rate, where a run
+        may be extended (a cosine schedule is shaped by the number of epochs)."""
+        unchanged = {"patience", "device", "checkpoint_dir", "checkpoint_minutes", "progress", "num_workers"}
+        if self.schedule == "constant":  # a cosine schedule's shape depends on how many epochs there are
+            unchanged.add("epochs")
+        params = {k: v for k, v in self.get_params().items() if k not in unchanged}
         params.update(synth_ratio=synth_ratio, faces=list(X.shape), fakes=int(y.sum()), processes=torch_world()[1])
         return json.dumps(params, sort_keys=True, default=str)
 
     def _train(self, arch: Architecture, net: nn.Module, X: np.ndarray, y: np.ndarray,
                keypoints: np.ndarray | None, synth_ratio: float, train: np.ndarray,
                validation: tuple[np.ndarray, np.ndarray] | None,
-               methods: Iterable[str] | None = None) -> TorchFaceClassifier:
+               methods: Iterable[str] | None = None) -> TrainingLoop:
         device = next(net.parameters()).device
         rank, processes = torch_world()
         # Under torchrun: one replica per process, gradients averaged across processes at each step.
@@ -83,35 +141,49 @@ class TrainingLoop:
                                       weight_decay=self.weight_decay)
         precision = amp_dtype(device)
         scaler = torch.amp.GradScaler("cuda", enabled=precision == torch.float16)
+        cells = None if methods is None else np.asarray(list(methods), dtype=str)
         face_weight = np.zeros(len(y))
-        face_weight[train], blend_weight = balanced_weights(
-            y[train], None if methods is None else np.asarray(list(methods), dtype=str)[train], synth_ratio)
+        if self.epoch_faces:  # the draw balances the cells; every drawn face weighs the same
+            face_weight[train], blend_weight = 1.0, 1.0
+        else:
+            face_weight[train], blend_weight = balanced_weights(
+                y[train], None if cells is None else cells[train], synth_ratio)
         batches = FaceBatches(X, y, keypoints, self._size(arch), self.augment, synth_ratio, self.seed)
         workers = self._workers(device)
-        state = {"epoch": 0, "history": [], "best_state": None, "best_auc": None, "best_epoch": None, "bad_epochs": 0}
+        state = {"epoch": 0, "step": 0, "partial": [0.0, 0, 0, 0.0], "history": [], "best_state": None,
+                 "best_auc": None, "best_epoch": None, "bad_epochs": 0}
         fingerprint = self._fingerprint(X, y, synth_ratio)
         checkpoint = None if self.checkpoint_dir is None else Path(self.checkpoint_dir) / "checkpoint.safetensors"
         if checkpoint is not None and checkpoint.exists():
             state = self._resume(checkpoint, fingerprint, net, optimizer, scaler)
-        share = len(DistributedSampler(train, num_replicas=processes, rank=rank, shuffle=False))
-        steps = -(-share // self.batch_size)
-        bar = tqdm(total=max(0, self.epochs - state["epoch"]) * steps, disable=not self.progress or rank != 0,
-                   file=sys.stderr, unit="batch", desc=self.arch, dynamic_ncols=True)
+        epoch_size = self.epoch_faces or len(train)
+        steps = -(-len(DistributedSampler(range(epoch_size), num_replicas=processes, rank=rank, shuffle=False))
+                  // self.batch_size)
+        total_steps, warmup = self.epochs * steps, int(self.warmup * self.epochs * steps)
+        bar = tqdm(total=max(0, self.epochs * steps - state["epoch"] * steps - state["step"]),
+                   disable=not self.progress or rank != 0, file=sys.stderr, unit="batch", desc=self.arch,
+                   dynamic_ncols=True)
+        saved_at = time.monotonic()
         with bar:
             for epoch in range(state["epoch"], self.epochs):
                 if validation is not None and state["bad_epochs"] >= self.patience:
                     break
-                started = time.perf_counter()
-                order = np.random.default_rng([self.seed, epoch]).permutation(train)
+                total_loss, seen, blended, before = state["partial"]  # a resumed epoch goes on from there
+                started = time.perf_counter() - before
+                order = (train[balanced_draw(y[train], cells[train] if cells is not None else np.full(len(train), ""),
+                                             epoch_size, synth_ratio, self.seed, epoch)]
+                         if self.epoch_faces else np.random.default_rng([self.seed, epoch]).permutation(train))
                 # This process's share of the epoch (DistributedSampler pads it so every process
                 # takes as many steps); batch k of all processes together is order[k*B*P:(k+1)*B*P].
                 mine = order[list(DistributedSampler(order, num_replicas=processes, rank=rank, shuffle=False))]
                 jobs = [(chunk, epoch, number * processes + rank)
-                        for number, chunk in enumerate(chunks(mine, self.batch_size))]
+                        for number, chunk in enumerate(chunks(mine, self.batch_size))][state["step"]:]
                 model.train()
-                total_loss, seen, blended = 0.0, 0, 0
                 for (chunk, _, _), (faces, labels, n_blended) in zip(jobs, prefetched(batches.training, jobs,
                                                                                         workers)):
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr * learning_rate_factor(epoch * steps + state["step"], total_steps,
+                                                                self.schedule, warmup)
                     inputs = self._tensor(faces, arch, device)
                     targets = torch.from_numpy(labels).to(device)
                     with torch.autocast(device.type, dtype=precision, enabled=precision is not None):
@@ -126,14 +198,20 @@ class TrainingLoop:
                     total_loss += loss.item() * len(labels)
                     seen += len(labels)
                     blended += n_blended
+                    state["step"] += 1
                     bar.update()
                     bar.set_postfix(epoch=epoch + 1, loss=f"{total_loss / seen:.4f}", refresh=False)
+                    if (checkpoint is not None and self.checkpoint_minutes and processes == 1
+                            and time.monotonic() - saved_at > 60 * self.checkpoint_minutes):
+                        state["partial"] = [total_loss, seen, blended, time.perf_counter() - started]
+                        self._save(checkpoint, fingerprint, net, optimizer, scaler, state)
+                        saved_at = time.monotonic()
                 if processes > 1:
                     total_loss, seen, blended = _sum_over_processes((total_loss, seen, blended), device)
                     for buffer in net.buffers():  # batch-norm statistics: rank 0's everywhere
                         dist.broadcast(buffer, 0)
                 val_auc = None if validation is None else self._validate(net, arch, batches, validation, workers)
-                state["epoch"] = epoch + 1
+                state.update(epoch=epoch + 1, step=0, partial=[0.0, 0, 0, 0.0])
                 state["history"].append({"epoch": epoch + 1, "loss": total_loss / seen, "val_auc": val_auc,
                                          "faces": int(seen), "synth": int(blended), "processes": processes,
                                          "seconds": round(time.perf_counter() - started, 3)})
@@ -146,6 +224,7 @@ class TrainingLoop:
                     bar.set_postfix(epoch=epoch + 1, loss=f"{total_loss / seen:.4f}", val_auc=f"{val_auc:.4f}")
                 if checkpoint is not None and rank == 0:
                     self._save(checkpoint, fingerprint, net, optimizer, scaler, state)
+                    saved_at = time.monotonic()
         if state["best_state"] is not None:
             net.load_state_dict(state["best_state"])
         return self._adopt(net, state["history"], state["best_epoch"], state["best_auc"])
@@ -199,6 +278,7 @@ class TrainingLoop:
         if cuda and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(cuda)
         state = {k: saved[k] for k in ("epoch", "history", "best_auc", "best_epoch", "bad_epochs")}
+        state.update(step=saved.get("step", 0), partial=saved.get("partial", [0.0, 0, 0, 0.0]))
         return {**state, "best_state": tensors.get("best")}
 
 

@@ -1,18 +1,22 @@
 """The web page and HTTP API behind `unmask serve`.
 
-One ``Checker`` (detector and model) is loaded per process and shared by a bounded pool of
-worker threads. Uploads are streamed to temporary files under our own names while their size
+One ``Detector`` (``unmask.api``: the face detector and the model) is loaded per process and
+shared by a bounded pool of worker threads. Uploads are streamed to temporary files under our own names while their size
 is counted, so an oversized body is refused as soon as it passes the limit, never held in
 memory; the content is judged by decoding it, not by its name or declared type. Uploads being
-received and checks waiting for the pool are bounded separately, and an upload may take only so
-long, so clients that stall cannot hold the server.
+received and checks waiting for the pool are bounded separately, the last few upload slots are
+kept for addresses not already sending one, and an upload must keep arriving at a minimum rate
+and finish in time, so clients that stall or trickle cannot hold the server.
 """
 from __future__ import annotations
 
 import asyncio
 import ctypes
+import math
 import os
+import socket
 import tempfile
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -20,7 +24,6 @@ from email.message import Message
 from email.utils import collapse_rfc2231_value
 from importlib.resources import files
 from pathlib import Path
-from socket import socket
 
 import uvicorn
 from fastapi import FastAPI, Request
@@ -33,9 +36,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.types import Message as ASGIMessage
 
 from unmask import __version__
-from unmask.check import ERROR, Checker, CheckResult
+from unmask.api import Detector, Result
+from unmask.check import ERROR
 from unmask.config import ServeSettings
-from unmask.report import render_report
+from unmask.errors import UnmaskError
 
 MULTIPART_SLACK = 64 * 1024
 """Bytes a multipart body may carry beyond the file itself (boundaries, part headers)."""
@@ -60,14 +64,17 @@ UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-dat
 
 
 class Rejected(Exception):
-    """An upload we answer with a clear client error instead of a verdict."""
+    """An upload we answer with a clear client error instead of a verdict. The connection is
+    closed after the answer: the rest of the body may be unread, and a refused client must not
+    keep its connection by sending on."""
 
     def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status, self.headers = status, headers
 
     def response(self) -> JSONResponse:
-        return JSONResponse({"detail": str(self)}, status_code=self.status, headers=self.headers)
+        return JSONResponse({"detail": str(self)}, status_code=self.status,
+                            headers={"Connection": "close", **(self.headers or {})})
 
 
 def _part_names(disposition: bytes) -> tuple[str | None, str | None]:
@@ -149,18 +156,54 @@ def _display_name(filename: str) -> str:
     return name or "upload"
 
 
-def _busy(message: str) -> Rejected:
-    return Rejected(503, message, {"Retry-After": "60"})
+def _busy(message: str, status: int = 503) -> Rejected:
+    return Rejected(status, message, {"Retry-After": "60"})
+
+
+class _RateFloor:
+    """Bytes of one upload, by the slice of time they came in, over the last window: the upload is
+    too slow when the window holds fewer than ``bytes_per_s x window_s`` bytes, judged from one
+    window after it started (the grace a connection needs to get going). Bytes count from the start
+    of their slice, a tenth of the window, so they leave the window up to that much early."""
+
+    SLICES = 10
+
+    def __init__(self, bytes_per_s: float, window_s: float, now: float):
+        self.needed, self.window_s, self.judged_from = bytes_per_s * window_s, window_s, now + window_s
+        self.slices: deque[list[float]] = deque()
+        """[start time, bytes] of each slice still in the window, oldest first."""
+
+    def add(self, size: int, now: float) -> None:
+        if self.slices and now - self.slices[-1][0] < self.window_s / self.SLICES:
+            self.slices[-1][1] += size
+        else:
+            self.slices.append([now, size])
+        while self.slices[0][0] <= now - self.window_s:
+            self.slices.popleft()
+
+    def deadline(self) -> float:
+        """When the window will hold too few bytes if nothing more comes (infinity: no floor)."""
+        if self.needed <= 0:
+            return math.inf
+        held, fails_at = sum(size for _, size in self.slices), self.judged_from
+        for start, size in self.slices:  # each slice leaves the window at start + window_s
+            if held < self.needed:
+                break
+            held -= size
+            fails_at = max(self.judged_from, start + self.window_s)
+        return fails_at
 
 
 class _Service:
-    """The shared checker, its worker pool, and the upload rules."""
+    """The shared detector, its worker pool, and the upload rules."""
 
-    def __init__(self, checker: Checker, settings: ServeSettings):
-        self.checker, self.settings = checker, settings
+    def __init__(self, detector: Detector, settings: ServeSettings):
+        self.detector, self.settings = detector, settings
         self.pool = ThreadPoolExecutor(settings.concurrent_checks, thread_name_prefix="unmask-check")
         self.uploads = 0
         """Uploads being received."""
+        self.uploads_by_client: Counter[str] = Counter()
+        """Of those, how many each client address sends."""
         self.queued = 0
         """Checks waiting for or running on the pool."""
         self.stopping = False
@@ -173,20 +216,29 @@ class _Service:
             work.cancel()
 
     async def _body(self, request: Request) -> AsyncIterator[bytes]:
-        """The request body, piece by piece; 408 when the client stalls or takes too long in all."""
+        """The request body, piece by piece; 408 when the client stalls, sends slower than the rate
+        floor, or takes too long in all (whichever comes first)."""
         settings, loop = self.settings, asyncio.get_running_loop()
         deadline = loop.time() + settings.upload_timeout_s
+        floor = _RateFloor(settings.min_upload_rate_kb * 1000, settings.rate_window_s, loop.time())
+        reasons = {"stalled": f"stalled: nothing came for {settings.stall_timeout_s:g} s",
+                   "too slow": f"is too slow: under this server's floor of {settings.min_upload_rate_kb:g} kB/s "
+                               f"over {settings.rate_window_s:g} s",
+                   "too long": f"took longer than this server's limit of {settings.upload_timeout_s:g} s"}
         while True:
-            wait = min(settings.stall_timeout_s, deadline - loop.time())
+            now = loop.time()
+            waits = {"stalled": settings.stall_timeout_s, "too slow": floor.deadline() - now,
+                     "too long": deadline - now}
+            reason = min(waits, key=waits.__getitem__)
             try:
-                message = await asyncio.wait_for(request.receive(), max(wait, 0))
+                message = await asyncio.wait_for(request.receive(), max(waits[reason], 0))
             except TimeoutError:
-                took = (f"took longer than this server's limit of {settings.upload_timeout_s:g} s"
-                        if wait < settings.stall_timeout_s else f"stalled: nothing came for {settings.stall_timeout_s:g} s")
-                raise Rejected(408, f"the upload {took}", {"Connection": "close"}) from None
+                raise Rejected(408, f"the upload {reasons[reason]}") from None
             if message["type"] == "http.disconnect":
                 raise ClientDisconnect()
-            yield message.get("body", b"")
+            body = message.get("body", b"")
+            floor.add(len(body), loop.time())
+            yield body
             if not message.get("more_body", False):
                 return
 
@@ -216,10 +268,10 @@ class _Service:
             raise Rejected(422, f"no file in the upload: send the video in a file field named '{FIELD}'")
         return upload.filename
 
-    def _check(self, path: Path, name: str, report: bool) -> tuple[CheckResult, str | None]:
+    def _check(self, path: Path, name: str, report: bool) -> tuple[Result, str | None]:
         try:
-            result = self.checker.check(path, name=name)
-            return result, render_report(result, self.checker) if report and result.verdict != ERROR else None
+            result = self.detector.check(path, name=name)
+            return result, result.report_html() if report and result.verdict != ERROR else None
         finally:
             _return_free_memory()
 
@@ -238,6 +290,12 @@ class _Service:
 
     async def _answer(self, request: Request, report: bool) -> Response:
         settings = self.settings
+        client = request.client.host if request.client else ""
+        free = settings.max_uploads - self.uploads
+        if self.uploads_by_client[client] and 0 < free <= settings.upload_headroom:
+            return _busy(f"your address is already sending {self.uploads_by_client[client]} video(s), and the last "
+                         f"{settings.upload_headroom} upload slots are kept for others; send the next when one is done",
+                         status=429).response()
         if self.uploads >= settings.max_uploads:
             return _busy("the server is receiving too many other videos; try again in a minute").response()
         if self.queued >= settings.max_queued:
@@ -247,10 +305,14 @@ class _Service:
         path = Path(name)
         try:
             self.uploads += 1
+            self.uploads_by_client[client] += 1
             try:
                 filename = await self.receive(request, path)
             finally:
                 self.uploads -= 1
+                self.uploads_by_client[client] -= 1
+                if not self.uploads_by_client[client]:
+                    del self.uploads_by_client[client]
             if self.queued >= settings.max_queued:
                 raise _busy("the server is busy checking other videos; try again in a minute")
             self.queued += 1
@@ -266,7 +328,7 @@ class _Service:
             path.unlink(missing_ok=True)
         if result.verdict == ERROR:
             return JSONResponse({"detail": f"{filename}: {result.error}", "verdict": ERROR}, status_code=422)
-        record = result.to_json()
+        record = result.to_dict()
         record["model"].pop("path", None)  # where the server keeps its files is none of the client's business
         if html is not None:
             record["report_html"] = html
@@ -327,17 +389,32 @@ class Server(uvicorn.Server):
         super().__init__(uvicorn.Config(app, **({"log_level": "info", "timeout_graceful_shutdown": 2} | config)))
         self.stop_app: Callable[[], None] = app.state.stop
 
-    async def shutdown(self, sockets: list[socket] | None = None) -> None:
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         self.stop_app()
         await super().shutdown(sockets)
 
 
-def create_app(model: Checker | Path | str | None = None, settings: ServeSettings | None = None) -> FastAPI:
-    """The FastAPI app: ``model`` is a ready ``Checker`` to share, or a model folder to load
-    (None: the packaged default); ``settings``: its limits."""
+def listen(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host``:``port`` (0: any free port) and listening, for ``Server.run``: from
+    here on, connections wait in its backlog while uvicorn starts. One clear error when the address
+    cannot be had (taken, not this machine's)."""
+    listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((host, port))
+    except OSError as err:
+        listener.close()
+        raise UnmaskError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
+    listener.listen(128)
+    return listener
+
+
+def create_app(model: Detector | Path | str | None = None, settings: ServeSettings | None = None) -> FastAPI:
+    """The FastAPI app: ``model`` is a ready ``Detector`` to share, or what ``Detector`` takes (a
+    model folder; None: the packaged default); ``settings``: its limits."""
     settings = settings or ServeSettings()
-    checker = model if isinstance(model, Checker) else Checker(None if model is None else Path(model))
-    service = _Service(checker, settings)
+    detector = model if isinstance(model, Detector) else Detector(model)
+    service = _Service(detector, settings)
     web = files("unmask.web")
     page = (web / "templates" / "index.html").read_text(encoding="utf-8")
     page = page.replace("{{max_upload_mb}}", f"{settings.max_upload_mb:g}").replace("{{version}}", __version__)
@@ -375,19 +452,22 @@ def create_app(model: Checker | Path | str | None = None, settings: ServeSetting
 
     @app.get("/api/health", summary="Is the server up, and with which model")
     async def health() -> dict:
-        card = checker.model.card
+        card = detector.card
         return {"status": "ok", "unmask": __version__,
-                "model": {"name": checker.model.name, "kind": card.get("kind"), "estimator": card["estimator"]["name"],
-                          "threshold": checker.model.threshold, "aggregate": checker.aggregate},
+                "model": {"name": detector.model["name"], "kind": card.get("kind"),
+                          "estimator": card["estimator"]["name"], "threshold": detector.threshold,
+                          "aggregate": detector.aggregate},
                 "max_upload_mb": settings.max_upload_mb, "workers": settings.workers}
 
     @app.post("/api/check", summary="Check one video", openapi_extra=UPLOAD_BODY, responses={
         200: {"description": "the verdict record: verdict, fake_probability, certainty, faces, tracks, model"},
         400: {"description": "a malformed body, more than one file, or a file name over 255 characters"},
-        408: {"description": "the upload stalled or took too long"},
+        408: {"description": "the upload stalled, came slower than the rate floor, or took too long"},
         413: {"description": "the video is over the size limit"},
         415: {"description": "the body is not multipart/form-data"},
         422: {"description": "no file in the field `video`, or the file is not a readable video"},
+        429: {"description": "this client address is already sending, and the free upload slots left are kept "
+                             "for others; retry when one is done"},
         503: {"description": "too many uploads or checks in progress, or the server is shutting down; retry later"}})
     async def check(request: Request, report: bool = False) -> Response:
         """Upload a video (multipart/form-data, file field `video`); get its verdict record.

@@ -19,7 +19,6 @@ the current default's, and the training run's wall time and faces/s (from its ch
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from pathlib import Path
@@ -162,7 +161,7 @@ def training_speed(history: list[dict]) -> str:
 
 
 def report(args: argparse.Namespace) -> None:
-    from bench_check import measure
+    from bench_check import measure, model_rate
     from bench_cnn import real_videos_elsewhere
     from unmask.check import Checker, CheckSettings
     from unmask.datasets import open_dataset
@@ -184,7 +183,9 @@ def report(args: argparse.Namespace) -> None:
     frame = evaluate_scores(table.iloc[dfdc_test], p_fake, model.threshold, "mean")["frame"]
     print(f"\nDFDC test part ({len(dfdc_test)} faces, one per video; never trained or tuned on): frame AUC "
           f"{frame['roc_auc']:.3f}, accuracy at the shipped threshold {frame['accuracy']:.3f}, balanced accuracy "
-          f"{frame.get('balanced_accuracy', float('nan')):.3f}; per class {json.dumps(frame.get('per_class'))}")
+          f"{frame['balanced_accuracy']:.3f}; " + ", ".join(
+              f"{name} precision {frame['classes'][name]['precision']:.3f} recall {frame['classes'][name]['recall']:.3f}"
+              for name in ("real", "fake")))
     print_ffpp_fold(args, store, model)
     print("\nfalse alarms on the 29 real-faces videos through `unmask check` (never trained on), both models in turn:")
     real_videos_elsewhere(folder)
@@ -197,7 +198,7 @@ def report(args: argparse.Namespace) -> None:
         checker = Checker(path, CheckSettings())
         checker.check(hd[0])  # warm-up
         runs = [measure(checker, video, 3) for video in hd]
-        rate = faces_per_second(checker, faces_at(store, dfdc_test[:64]))
+        rate = model_rate(checker, np.asarray(faces_at(store, dfdc_test[:64])), repeats=3)
         timing.append([name, f"{median(r['check'] for r in runs):.2f}", f"{median(r['decode'] for r in runs):.2f}",
                        f"{rate:.0f}"])
     print(markdown_table(["model", "720p check s", "decode-only s", "model alone, faces/s"], timing))
@@ -219,18 +220,6 @@ def measure_height(path: Path) -> int:
     from unmask.video import read_frames
 
     return read_frames(path, [0])[0].height
-
-
-def faces_per_second(checker, faces, repeats: int = 3) -> float:
-    """The model alone on 64 stored crops, as a check runs it (motion features present, as a video gives them)."""
-    faces = np.asarray(faces)
-    motion = np.zeros((len(faces), len(MOTION_FEATURES)), np.float32) if checker.model.needs_motion else None
-    rates = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        checker.model.fake_probability(faces, motion)
-        rates.append(len(faces) / (time.perf_counter() - started))
-    return median(rates)
 
 
 def main() -> None:

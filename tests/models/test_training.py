@@ -34,6 +34,7 @@ def test_draws_follow_the_shares_and_see_every_face_of_a_cell_before_repeating_o
     epochs = [balanced_draw(y, cells, 2400, 0.0, seed=3, epoch=e) for e in range(3)]
     first = epochs[0]
     assert len(first) == 2400
+    assert len(balanced_draw(y, cells, 1001, 0.2, seed=3, epoch=0)) == 1001  # shares that do not divide evenly
     assert (cells[first] == "ffpp/NeuralTextures").sum() == 150  # 6 videos drawn 25 times each
     assert (cells[first] == "dfdc/unknown").sum() == 600
     deepfakes_dfdc = np.concatenate([e[cells[e] == "dfdc/unknown"] for e in epochs])

@@ -89,11 +89,13 @@ def balanced_draw(y: np.ndarray, cells: np.ndarray, count: int, synth_ratio: flo
     in random order. Each cell is read as an endless stream of fresh permutations of its faces, epoch
     after epoch, so every face of a large cell is seen once before any is seen twice, and a small cell
     comes round again and again. Only ``(seed, epoch)`` decides the draw: a resumed run draws the same."""
-    shares = cell_shares(y, cells, synth_ratio)
+    shares = sorted(cell_shares(y, cells, synth_ratio).items())
+    exact = np.array([share * count for _, share in shares])
+    takes = np.floor(exact).astype(int)  # the largest remainders take what rounding down left: count in all
+    takes[np.argsort(takes - exact)[:count - takes.sum()]] += 1
     picked = []
-    for number, ((label, cell), share) in enumerate(sorted(shares.items())):
+    for number, (((label, cell), _), take) in enumerate(zip(shares, takes)):
         members = np.flatnonzero((y == label) & (cells == cell))
-        take = int(round(share * count))
         start = epoch * take
         blocks = range(start // len(members), (start + take - 1) // len(members) + 1) if take else range(0)
         stream = np.concatenate([np.random.default_rng([seed, number, block]).permutation(members)

@@ -150,7 +150,7 @@ def test_save_report_writes_the_html_report(released_detector, short_face_video,
 
 def test_a_result_pickles_without_its_model(released_detector, short_face_video, tmp_path):
     result = released_detector.check(short_face_video)
-    copied = pickle.loads(pickle.dumps(result))
+    copied = pickle.loads(pickle.dumps(result))  # as Dask sends a result between processes; made here, in this process
     assert copied.to_dict() == result.to_dict()
     assert all(np.array_equal(a, b) for a, b in zip(copied.crops, result.crops))
     with pytest.raises(UnmaskError, match="check the video again with a Detector"):

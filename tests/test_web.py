@@ -387,8 +387,12 @@ def _answer(conn: socket.socket, seconds: float = 10) -> tuple[int, dict]:
     """Read until the server closes the connection: (status, JSON body)."""
     conn.settimeout(seconds)
     answer = b""
-    while chunk := conn.recv(65536):
-        answer += chunk
+    try:
+        while chunk := conn.recv(65536):
+            answer += chunk
+    except ConnectionResetError:  # answered, then reset: a client still sending after the server closed
+        if not answer:
+            raise
     head, _, body = answer.partition(b"\r\n\r\n")
     return int(head.split()[1]), json.loads(body)
 

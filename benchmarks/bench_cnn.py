@@ -230,17 +230,24 @@ def generalisation_tables(data: Path) -> None:
     real_videos_elsewhere()
 
 
+def real_video_scores(checker: Checker, sources: set[str] | None = None) -> dict[str, list[float | None]]:
+    """P(fake) of each real-faces video (of ``sources``, when given) as ``unmask check`` gives it, by
+    source; None where there is no verdict (no face found, unreadable)."""
+    by_source: dict[str, list[float | None]] = {}
+    for video in real_sources(require(SHARED_DATA / "real-faces")):
+        source = video.key.split("/")[0]
+        if video.path.suffix.lower() in VIDEO_SUFFIXES and (sources is None or source in sources):
+            by_source.setdefault(source, []).append(checker.check(video.path).fake_probability)
+    return by_source
+
+
 def real_videos_elsewhere(model: Path | None = None, sources: set[str] | None = None) -> dict[str, tuple[int, int]]:
     """A model's verdicts (the packaged default unless ``model`` is given), through ``Checker`` as
     ``unmask check`` gives them, on real talking-head videos from other sources than FF++ (only
     ``sources``, when given): none of them trained or chose the model, so every FAKE is a false alarm
     measured outside the data the design was tuned on. Returns (videos, false alarms) per source."""
     checker = Checker(model)  # default settings
-    by_source: dict[str, list[float | None]] = {}  # None: no verdict (no face found, unreadable)
-    for video in real_sources(require(SHARED_DATA / "real-faces")):
-        source = video.key.split("/")[0]
-        if video.path.suffix.lower() in VIDEO_SUFFIXES and (sources is None or source in sources):
-            by_source.setdefault(source, []).append(checker.check(video.path).fake_probability)
+    by_source = real_video_scores(checker, sources)
     rows = []
     for source, scores in by_source.items():
         judged = [p for p in scores if p is not None]

@@ -9,7 +9,10 @@ trained on it), test is what is reported.
 
     python benchmarks/bench_dfdc.py train  [--fold 0] [--folds 5] [--fold-seed 1] [--size 160] [--threads 1]  # rerun resumes
     python benchmarks/bench_dfdc.py report [--fold 0] ...                                         # the tables
+    python benchmarks/bench_dfdc.py cv                               # every fold trained so far, with spreads
+    python benchmarks/bench_dfdc.py thresholds [--fold 0]            # what the threshold's choice trades
     python benchmarks/bench_dfdc.py without-dfdc [--fold 0] ...      # cross-dataset: FF++ + photos only, scored on DFDC
+    python benchmarks/bench_dfdc.py dfdc-only [--framing recut|given]  # DFDC only, scored on all of FF++
 
 Figures printed by ``report``: DFDC test part (frame AUC, accuracy at the shipped threshold, per-class
 precision/recall), FF++ held-out fold per method and compression (video and frame AUC), false alarms
@@ -29,9 +32,10 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 
 from common import REPO, SHARED_DATA, machine, markdown_table, median, require
-from unmask.evaluate import evaluate_scores, per_method_metrics
+from unmask.evaluate import bootstrap_auc, evaluate_scores, per_method_metrics
 from unmask.faces.motion import MOTION_FEATURES
 from unmask.models.fusion import LITE0_RECIPE
 from unmask.splits import grouped_kfold
@@ -41,20 +45,23 @@ from unmask.train import TrainOptions, predict_fake, train
 STORES = ("dfdc-m0-224", "ffpp-m0-224-motion", "photos-m0-224")
 """The sources, as ``dfdc_data.py`` names their folders: DFDC faces, the FF++ sample's videos, photos."""
 FFPP = "ffpp-m0-224-motion"
+GIVEN = "dfdc-given-224"
+"""The DFDC crops as given (``dfdc_data.py``), the same faces as ``dfdc-m0-224`` framed otherwise."""
 DATA_TERMS = {"dfdc-m0-224": "DFDC (Dolhansky et al. 2020): research and non-commercial use under the DFDC terms",
               FFPP: "FaceForensics++ (Rossler et al. 2019): research use under the FaceForensics++ terms",
               "photos-m0-224": "UTKFace: non-commercial research only"}
 """What each source's faces may be used for; a model trained on them says so in its card."""
 
 
-def recipe(size: int, checkpoints: Path) -> dict:
+def recipe(size: int, checkpoints: Path, head_warmup: float = 0.0) -> dict:
     """How the backbone learns: ``LITE0_RECIPE`` at scale. An epoch is 8,000 faces drawn balanced by
     source x method x class; 9 of them (72,000 faces, about 70 minutes on 2 cores) under a cosine
     schedule; a fifth of every source's people held out, 2,500 of them scored after each epoch to keep
-    the best; 20% of the real faces drawn turned into self-blended fakes."""
+    the best; 20% of the real faces drawn turned into self-blended fakes. ``head_warmup``: the share of
+    the steps, at the start, in which only the head learns (``--head-warmup``; 0 in the runs reported)."""
     return {**LITE0_RECIPE, "input_size": size, "epochs": 9, "epoch_faces": 8000, "schedule": "cosine",
             "synth_ratio": 0.2, "val_max_faces": 2500, "patience": 100, "checkpoint_dir": str(checkpoints),
-            "checkpoint_minutes": 10.0, "progress": True}
+            "checkpoint_minutes": 10.0, "progress": True, **({"head_warmup": head_warmup} if head_warmup else {})}
 
 
 def combined(work: Path, fold: int, folds: int, fold_seed: int, names: tuple[str, ...] = STORES) -> CombinedStore:
@@ -69,15 +76,18 @@ def combined(work: Path, fold: int, folds: int, fold_seed: int, names: tuple[str
     return store
 
 
-def model_dir(args: argparse.Namespace) -> Path:
-    return args.work / "models" / f"lite0-motion-dfdc-{args.size}px-fold{args.fold}of{args.folds}-seed{args.fold_seed}"
+def model_dir(args: argparse.Namespace, fold: int | None = None) -> Path:
+    fold = args.fold if fold is None else fold
+    warm = f"-head{args.head_warmup:g}" if args.head_warmup else ""
+    return args.work / "models" / f"lite0-motion-dfdc-{args.size}px{warm}-fold{fold}of{args.folds}-seed{args.fold_seed}"
 
 
 def run_training(args: argparse.Namespace) -> None:
     store = combined(args.work, args.fold, args.folds, args.fold_seed)
     out = model_dir(args)
     options = TrainOptions(model="lite0-motion", split="official", calibrate="sigmoid", weights_dtype="float16",
-                           params={"member_params": recipe(args.size, out.with_name(out.name + "-checkpoints"))},
+                           params={"member_params": recipe(args.size, out.with_name(out.name + "-checkpoints"),
+                                                           args.head_warmup)},
                            title=f"EfficientNet-Lite0 ({args.size} px) fine-tuned on DFDC faces, every FF++ method "
                                  "and real photos, + motion residual features (fold "
                                  f"{args.fold} of {args.folds} of the FF++ people held out)",
@@ -106,13 +116,55 @@ def without_dfdc(args: argparse.Namespace) -> None:
     model = load_model(out)
     dfdc = FaceStore(args.work / "stores" / STORES[0])
     test = np.flatnonzero(dfdc.table["split"].to_numpy() == "test")
-    frame = evaluate_scores(dfdc.table.iloc[test], model.fake_probability(faces_at(dfdc, test),
+    frame = dfdc_frame(dfdc.table.iloc[test], model.fake_probability(faces_at(dfdc, test),
                                                                          motion=np.full((len(test), len(MOTION_FEATURES)), np.nan)),
-                            model.threshold, "mean")["frame"]
-    print(f"trained without DFDC, scored on the DFDC test part ({len(test)} faces): frame AUC {frame['roc_auc']:.3f}, "
+                       model.threshold)
+    print(f"trained without DFDC, scored on the DFDC test part ({len(test)} faces): frame AUC {auc_text(frame)}, "
           f"accuracy at its threshold {frame['accuracy']:.3f}")
     store = combined(args.work, args.fold, args.folds, args.fold_seed)
     print_ffpp_fold(args, store, model)
+
+
+def dfdc_only(args: argparse.Namespace) -> None:
+    """Cross-dataset, the other way: the backbone alone, same recipe as ``train`` on the DFDC train part only
+    (no FF++ face, no photo, no motion), calibrated on the DFDC val part, then scored on every FF++ sample
+    video (none of them trained on) per method and compression, on the DFDC test part, and through
+    ``unmask check`` on the 29 real-faces videos. ``--framing given`` trains on the DFDC crops as given
+    instead of re-cut as ``check`` cuts faces: the DFDC test part is then scored both ways, and everything
+    else meets faces as ``check`` finds them."""
+    from bench_cnn import real_videos_elsewhere
+    from unmask.models.io import load_model
+
+    recut = FaceStore(require(args.work / "stores" / STORES[0]))
+    dfdc = recut if args.framing == "recut" else FaceStore(require(args.work / "stores" / GIVEN))
+    out = args.work / "models" / ("lite0-dfdc-only-" + ("" if args.framing == "recut" else "given-") + f"{args.size}px")
+    if not (out / "card.json").exists():
+        started = time.perf_counter()
+        train(dfdc, TrainOptions(model="efficientnet-lite0", split="official", calibrate="sigmoid",
+                                 weights_dtype="float16",
+                                 params=recipe(args.size, out.with_name(out.name + "-checkpoints")),
+                                 title=f"EfficientNet-Lite0 ({args.size} px) fine-tuned on the DFDC train faces only "
+                                       f"({'re-cut as check cuts them' if args.framing == 'recut' else 'as given'})",
+                                 data_terms=DATA_TERMS[STORES[0]]), out)
+        print(f"trained on DFDC only in {time.perf_counter() - started:.0f} s: {out}")
+    model = load_model(out)
+    print(f"{machine()}\nmodel {out.name}: {model.card['title']}; threshold {model.threshold:.3f}")
+    framings = [("as trained", dfdc)] + ([("re-cut as check cuts faces", recut)] if dfdc is not recut else [])
+    for name, store in framings:
+        test = np.flatnonzero(store.table["split"].to_numpy() == "test")
+        frame = dfdc_frame(store.table.iloc[test], model.fake_probability(faces_at(store, test)), model.threshold)
+        print(f"DFDC test part, {name} ({len(test)} faces): frame AUC {auc_text(frame)}, accuracy at its "
+              f"threshold {frame['accuracy']:.3f}")
+    ffpp = FaceStore(require(args.work / "stores" / FFPP))
+    p_fake = model.fake_probability(faces_at(ffpp, np.arange(len(ffpp))))
+    cells = sorted(per_method_metrics(ffpp.table, p_fake, model.threshold, "mean").items())
+    print(f"\nevery FF++ sample video ({ffpp.table['video'].nunique()}), none trained on; each method's fakes "
+          "against the originals of the same compression:")
+    print(markdown_table(["method", "videos", "video AUC", "frame AUC"],
+                         [[cell, m["video"]["n"], f"{m['video']['roc_auc']:.3f}", f"{m['frame']['roc_auc']:.3f}"]
+                          for cell, m in cells]))
+    print("\nfalse alarms on the 29 real-faces videos through `unmask check` (never trained on):")
+    real_videos_elsewhere(out)
 
 
 def snapshot(args: argparse.Namespace, store: CombinedStore) -> Path:
@@ -130,7 +182,7 @@ def snapshot(args: argparse.Namespace, store: CombinedStore) -> Path:
     folder = model_dir(args).with_name(model_dir(args).name + f"-backbone-epoch{epoch}")
     if (folder / "card.json").exists():
         return folder
-    params = {k: v for k, v in recipe(args.size, checkpoints).items()
+    params = {k: v for k, v in recipe(args.size, checkpoints, args.head_warmup).items()
               if k not in ("checkpoint_dir", "progress", "checkpoint_minutes")}
     backbone = TorchFaceClassifier(arch="efficientnet-lite0", **params)
     backbone.load_weights(tensors["best"] if "best" in tensors else tensors["model"])
@@ -177,12 +229,10 @@ def report(args: argparse.Namespace) -> None:
     checkpoint = model_dir(args).with_name(model_dir(args).name + "-checkpoints") / "checkpoint.safetensors"
     state = load_checkpoint(require(checkpoint))[1]
     print(f"training so far: {training_speed(state['history'])}; epoch {state['epoch'] + 1} at step {state['step']}")
-    dfdc_test = np.flatnonzero((table["dataset"].to_numpy() == "dfdc-m0-224") & (table["split"].to_numpy() == "test"))
-    p_fake = model.fake_probability(faces_at(store, dfdc_test), motion=store.motion(dfdc_test)
-                                    if model.needs_motion else None)
-    frame = evaluate_scores(table.iloc[dfdc_test], p_fake, model.threshold, "mean")["frame"]
+    dfdc_test = np.flatnonzero((table["dataset"].to_numpy() == STORES[0]) & (table["split"].to_numpy() == "test"))
+    frame = dfdc_test_frame(store, model)
     print(f"\nDFDC test part ({len(dfdc_test)} faces, one per video; never trained or tuned on): frame AUC "
-          f"{frame['roc_auc']:.3f}, accuracy at the shipped threshold {frame['accuracy']:.3f}, balanced accuracy "
+          f"{auc_text(frame)}, accuracy at the shipped threshold {frame['accuracy']:.3f}, balanced accuracy "
           f"{frame['balanced_accuracy']:.3f}; " + ", ".join(
               f"{name} precision {frame['classes'][name]['precision']:.3f} recall {frame['classes'][name]['recall']:.3f}"
               for name in ("real", "fake")))
@@ -204,13 +254,129 @@ def report(args: argparse.Namespace) -> None:
     print(markdown_table(["model", "720p check s", "decode-only s", "model alone, faces/s"], timing))
 
 
-def print_ffpp_fold(args: argparse.Namespace, store: CombinedStore, model) -> None:
-    """Video and frame AUC per method and compression on the held-out FF++ people."""
+def scores(store: CombinedStore, model, rows: np.ndarray) -> np.ndarray:
+    return model.fake_probability(faces_at(store, rows), motion=store.motion(rows) if model.needs_motion else None)
+
+
+def dfdc_test_frame(store: CombinedStore, model) -> dict:
+    """Frame-level metrics on the DFDC test part (one face per video)."""
+    table = store.table
+    test = np.flatnonzero((table["dataset"].to_numpy() == STORES[0]) & (table["split"].to_numpy() == "test"))
+    return dfdc_frame(table.iloc[test], scores(store, model, test), model.threshold)
+
+
+def dfdc_frame(table: pd.DataFrame, p_fake: np.ndarray, threshold: float) -> dict:
+    """Frame-level metrics, with a 95% bootstrap interval of the AUC (one face per video: frames are videos)."""
+    frame = evaluate_scores(table, p_fake, threshold, "mean")["frame"]
+    return {**frame, "roc_auc_95": bootstrap_auc(table["label"].to_numpy(), p_fake)}
+
+
+def auc_text(frame: dict) -> str:
+    low, high = frame["roc_auc_95"]
+    return f"{frame['roc_auc']:.3f} (95% bootstrap interval {low:.3f}-{high:.3f})"
+
+
+def ffpp_held_out(store: CombinedStore, model) -> tuple[np.ndarray, np.ndarray]:
+    """The held-out FF++ people's faces (table positions) and the model's P(fake) for each."""
     table = store.table
     test = np.flatnonzero((table["dataset"].to_numpy() == FFPP) & (table["split"].to_numpy() == "test"))
-    p_fake = model.fake_probability(faces_at(store, test), motion=store.motion(test) if model.needs_motion else None)
+    return test, scores(store, model, test)
+
+
+def cross_validation(args: argparse.Namespace) -> None:
+    """Every fold trained so far, each model scored on its own held-out FF++ people: per method and
+    compression, the video AUC of the held-out videos of all those folds pooled (each video scored by the
+    one model that never saw its people), and per fold, with the range; and each fold's model on the DFDC
+    test part and through ``unmask check`` on the 29 real-faces videos, with mean and range."""
+    from bench_cnn import real_videos_elsewhere
+    from unmask.models.io import load_model
+
+    print(machine())
+    tables, pooled, per_fold, others = [], [], {}, []
+    for fold in range(args.folds):
+        folder = model_dir(args, fold)
+        if not (folder / "card.json").exists():
+            print(f"fold {fold}: not trained yet ({folder.name})")
+            continue
+        store = combined(args.work, fold, args.folds, args.fold_seed)
+        model = load_model(folder)
+        test, p_fake = ffpp_held_out(store, model)
+        tables.append(store.table.iloc[test].assign(fold=fold))
+        pooled.append(p_fake)
+        for cell, m in per_method_metrics(store.table.iloc[test], p_fake, model.threshold, "mean").items():
+            per_fold.setdefault(cell, {})[fold] = m["video"]["roc_auc"]
+        frame = dfdc_test_frame(store, model)
+        alarms = sum(n for _, n in real_videos_elsewhere(folder).values())
+        others.append([fold, auc_text(frame), f"{frame['accuracy']:.3f}", alarms])
+    if not tables:
+        raise SystemExit("no fold trained yet: run `bench_dfdc.py train --fold N` first")
+    folds = [row[0] for row in others]
+    table = pd.concat(tables, ignore_index=True)
+    cells = per_method_metrics(table, np.concatenate(pooled), 0.5, "mean")
+    rows = []
+    for cell, m in sorted(cells.items()):
+        values = [per_fold.get(cell, {}).get(fold) for fold in folds]
+        known = [v for v in values if v is not None]
+        rows.append([cell, m["video"]["n"], f"{m['video']['roc_auc']:.3f}",
+                     *("-" if v is None else f"{v:.3f}" for v in values),
+                     f"{min(known):.3f}-{max(known):.3f}" if known else "-"])
+    print(f"\nFF++ sample, identity-grouped {args.folds}-fold CV (fold seed {args.fold_seed}), folds {folds} "
+          "trained; video AUC on held-out people, each method's fakes against the originals of the same compression:")
+    print(markdown_table(["method", "videos", "pooled video AUC", *(f"fold {f}" for f in folds), "range"], rows))
+    aucs = [float(row[1].split()[0]) for row in others]
+    print(f"\neach fold's model on the DFDC test part and the 29 real-faces videos: DFDC frame AUC mean "
+          f"{np.mean(aucs):.3f} (range {min(aucs):.3f}-{max(aucs):.3f}); false alarms "
+          f"{[row[3] for row in others]}")
+    print(markdown_table(["fold", "DFDC test frame AUC", "accuracy at threshold", "false alarms of 29"], others))
+
+
+def threshold_policies(args: argparse.Namespace) -> None:
+    """What the threshold's choice trades: the shipped one (best balanced accuracy on the DFDC val part)
+    against thresholds that call 5%, 2% and 1% of the val part's real faces fake. Every threshold is
+    chosen on validation; the DFDC test part, the held-out FF++ videos and the 29 real-faces videos
+    through ``unmask check`` only score them (the videos' P(fake) do not depend on the threshold)."""
+    from bench_cnn import real_video_scores
+    from unmask.check import Checker
+    from unmask.evaluate import video_scores
+    from unmask.models.io import load_model
+
+    store = combined(args.work, args.fold, args.folds, args.fold_seed)
+    folder = model_dir(args) if (model_dir(args) / "card.json").exists() else snapshot(args, store)
+    model = load_model(folder)
+    table = store.table
+    labels = table["label"].to_numpy()
+
+    def part(name: str) -> tuple[np.ndarray, np.ndarray]:
+        rows = np.flatnonzero((table["dataset"].to_numpy() == STORES[0]) & (table["split"].to_numpy() == name))
+        return labels[rows], scores(store, model, rows)
+
+    (val_labels, val_p), (test_labels, test_p) = part("val"), part("test")
+    policies = {"shipped: best balanced accuracy on DFDC val": model.threshold}
+    for rate in (0.05, 0.02, 0.01):
+        policies[f"{rate:.0%} of DFDC val real faces called fake"] = float(np.quantile(val_p[val_labels == 0], 1 - rate))
+    ffpp, ffpp_p = ffpp_held_out(store, model)
+    _, ffpp_video_p, ffpp_video_labels = video_scores(ffpp_p, table["video"].to_numpy()[ffpp], labels[ffpp])
+    videos = [p for found in real_video_scores(Checker(folder)).values() for p in found if p is not None]
+    rows = []
+    for name, threshold in policies.items():
+        called = test_p > threshold
+        caught = ffpp_video_p > threshold
+        rows.append([name, f"{threshold:.3f}", f"{np.mean(called == test_labels.astype(bool)):.3f}",
+                     f"{np.mean(~called[test_labels == 0]):.3f}", f"{np.mean(called[test_labels == 1]):.3f}",
+                     f"{caught[ffpp_video_labels == 1].sum()}/{(ffpp_video_labels == 1).sum()}",
+                     f"{(~caught[ffpp_video_labels == 0]).sum()}/{(ffpp_video_labels == 0).sum()}",
+                     f"{sum(p > threshold for p in videos)}/{len(videos)}"])
+    print(f"{machine()}\nmodel {folder.name}; thresholds chosen on the DFDC val part ({len(val_p)} faces)")
+    print(markdown_table(["threshold policy", "threshold", "DFDC test accuracy", "DFDC test real recall",
+                          "DFDC test fake recall", f"FF++ fold {args.fold} fakes caught (videos)",
+                          "FF++ reals passed (videos)", "false alarms, real-faces videos"], rows))
+
+
+def print_ffpp_fold(args: argparse.Namespace, store: CombinedStore, model) -> None:
+    """Video and frame AUC per method and compression on the held-out FF++ people."""
+    test, p_fake = ffpp_held_out(store, model)
     rows = [[cell, m["video"]["n"], f"{m['video']['roc_auc']:.3f}", f"{m['frame']['roc_auc']:.3f}"]
-            for cell, m in sorted(per_method_metrics(table.iloc[test], p_fake, model.threshold, "mean").items())]
+            for cell, m in sorted(per_method_metrics(store.table.iloc[test], p_fake, model.threshold, "mean").items())]
     print(f"\nFF++ sample, fold {args.fold} of {args.folds} of its people (fold seed {args.fold_seed}), never trained on; "
           "each method's fakes against the originals of the same compression:")
     print(markdown_table(["method", "videos", "video AUC", "frame AUC"], rows))
@@ -224,12 +390,17 @@ def measure_height(path: Path) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("what", choices=["train", "report", "without-dfdc"])
+    parser.add_argument("what", choices=["train", "report", "cv", "thresholds", "without-dfdc", "dfdc-only"])
     parser.add_argument("--work", type=Path, default=REPO.parent / "data", help="where dfdc_data.py put the stores")
     parser.add_argument("--fold", type=int, default=0)
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--fold-seed", type=int, default=1)
     parser.add_argument("--size", type=int, default=160, help="the network's input side (160 or 224)")
+    parser.add_argument("--head-warmup", type=float, default=0.0, metavar="FRACTION",
+                        help="train, report, cv, thresholds: the share of steps in which only the head learns "
+                             "(default: 0, every block from the start)")
+    parser.add_argument("--framing", choices=["recut", "given"], default="recut",
+                        help="dfdc-only: train on the DFDC crops re-cut as check cuts faces, or as given")
     parser.add_argument("--threads", type=int, help="torch's CPU threads (default: torch's own; 1 leaves a core "
                         "to whatever else runs)")
     parser.add_argument("--timing-videos", type=int, default=6, help="720p videos timed per model (default: 6)")
@@ -238,7 +409,9 @@ def main() -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-    {"train": run_training, "report": report, "without-dfdc": without_dfdc}[args.what](args)
+    {"train": run_training, "report": report, "cv": cross_validation, "thresholds": threshold_policies,
+     "without-dfdc": without_dfdc,
+     "dfdc-only": dfdc_only}[args.what](args)
 
 
 if __name__ == "__main__":

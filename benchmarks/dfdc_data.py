@@ -1,7 +1,7 @@
 """Every data step of the detector that learns from thousands of people (issue #29), redone from scratch or
 resumed: each step skips what is already there, and `unmask prepare` resumes a store it left half-made.
 
-    python benchmarks/dfdc_data.py GIT_DIR [--work DIR]
+    python benchmarks/dfdc_data.py GIT_DIR [--work DIR] [--workers N]
 
 GIT_DIR: the bare repository that the search tool's ``fetch github:i-Shreyansh/DeepFake-Detection`` brings.
 DIR (default: ../data beside the checkout, never inside it: the faces are research-only data):
@@ -13,6 +13,8 @@ DIR (default: ../data beside the checkout, never inside it: the faces are resear
 3. ``stores/dfdc-m0-224``: those crops re-cut as ``unmask check`` cuts faces (MTCNN on the padded crop,
    margin 0, 224 px); ``stores/ffpp-m0-224-motion``: the FF++ sample's four methods at c23 and c40, 16
    frames a video with their motion features; ``stores/photos-m0-224``: the 2,000 real-faces photos.
+4. ``stores/dfdc-given-224``: the same DFDC crops taken as given (``--crop given``: the image whole, MTCNN
+   still run for confidence and keypoints, so the very same faces are kept): the other framing.
 The 29 real-faces videos stay out of every store: they are the false-alarm test.
 """
 from __future__ import annotations
@@ -74,17 +76,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("git_dir", type=Path, help="the fetched i-Shreyansh/DeepFake-Detection repository")
     parser.add_argument("--work", type=Path, default=REPO.parent / "data", help="where data and stores go")
+    parser.add_argument("--workers", type=int, help="`unmask prepare`'s processes (default: one per core)")
     args = parser.parse_args()
+    workers = ["--workers", str(args.workers)] if args.workers else []
     dfdc = args.work / "dfdc"
     if not (dfdc / "parts.csv").exists():
         subprocess.run(["bash", str(require(SHARED_DATA / "dfdc-faces" / "get.sh")), str(args.git_dir), str(dfdc)],
                        check=True)
     stores = args.work / "stores"
-    prepare(one_fake_per_group(dfdc / "parts.csv", dfdc / "parts-one-fake-per-group.csv"), stores / "dfdc-m0-224")
+    dfdc_faces = one_fake_per_group(dfdc / "parts.csv", dfdc / "parts-one-fake-per-group.csv")
+    prepare(dfdc_faces, stores / "dfdc-m0-224", *workers)
     prepare(require(SHARED_DATA / "ffpp-sample"), stores / "ffpp-m0-224-motion",
             "--methods", "Deepfakes,Face2Face,FaceSwap,NeuralTextures", "--compression", "c23,c40",
-            "--step", "18", "--frames", "16", "--motion")
-    prepare(photo_manifest(args.work / "photos.csv"), stores / "photos-m0-224")
+            "--step", "18", "--frames", "16", "--motion", *workers)
+    prepare(photo_manifest(args.work / "photos.csv"), stores / "photos-m0-224", *workers)
+    prepare(dfdc_faces, stores / "dfdc-given-224", "--crop", "given", *workers)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import pytest
 
 from unmask.errors import UnmaskError
 from unmask.evaluate import (
+    bootstrap_auc,
     choose_threshold,
     compute_metrics,
     evaluate_scores,
@@ -37,6 +38,21 @@ def test_metrics_equal_hand_computed_values():
     assert m["ece"] == pytest.approx((0.1 + 0.6 + 0.6 + 0.2 + 0.1) / 5)  # one score per bin
     assert [b["count"] for b in m["reliability"]["bins"]] == [1, 1, 1, 1, 1]
     json.dumps(m, allow_nan=False)
+
+
+def test_bootstrap_interval_holds_the_auc_and_narrows_with_more_items():
+    rng = np.random.default_rng(1)
+    widths = []
+    for n in (100, 2000):
+        y = np.repeat([0, 1], n)
+        p = np.r_[rng.normal(0, 1, n), rng.normal(1, 1, n)]  # true AUC: Phi(1 / sqrt 2) = 0.760
+        low, high = bootstrap_auc(y, p, rounds=300)
+        assert low < 0.760 < high
+        widths.append(high - low)
+    assert widths[1] < widths[0] / 3  # about sqrt(20) narrower
+    assert bootstrap_auc([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9], rounds=50) == (1.0, 1.0)
+    with pytest.raises(UnmaskError, match="both real and fake"):
+        bootstrap_auc([1, 1], [0.2, 0.3])
 
 
 def test_threshold_is_strict_like_predict():

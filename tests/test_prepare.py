@@ -169,3 +169,55 @@ def test_ctrl_c_during_a_parallel_prepare_stops_quietly(tmp_path, face_video):
     assert process.returncode == 130, err
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
     assert err.strip().splitlines()[-1] == "unmask prepare: interrupted (finished work is kept; run again to resume)"
+
+
+def test_face_crops_taken_as_given_keep_the_same_faces_framed_whole(tmp_path, face_video, capsys):
+    """`--crop given` (the DFDC faces): each image is the face, resized; the detector still decides which
+    images hold a face and where its keypoints are, so only the framing differs from `--crop detected`.
+    A video cannot be taken as a crop, and `check` detects faces whatever its model was trained on."""
+    import cv2
+
+    from unmask.check import Checker
+    from unmask.sample import astronaut
+    from unmask.store import FaceStore
+
+    crops = tmp_path / "crops"
+    crops.mkdir()
+    face = astronaut()[20:260, 150:330]  # a loose crop around her face, taller than wide
+    cv2.imwrite(str(crops / "a.png"), cv2.cvtColor(face, cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(crops / "b.png"), np.full((120, 100, 3), 128, np.uint8))  # no face in it
+    (tmp_path / "faces.csv").write_text("file,label,group,part\na,real,p1,train\nb,fake,p2,train\n")
+    stores = {}
+    for crop in ("given", "detected"):
+        out = tmp_path / crop
+        assert main(["prepare", str(tmp_path / "faces.csv"), "--out", str(out), "--size", "64", "--workers", "1",
+                     "--crop", crop]) == 0
+        stores[crop] = FaceStore(out)
+    given, detected = stores["given"], stores["detected"]
+    assert list(given.table["video"]) == list(detected.table["video"]) == ["a"]  # b has no face either way
+    assert given.settings["faces"]["crop"] == "given"
+    np.testing.assert_array_equal(given.faces[0], cv2.resize(face, (64, 64), interpolation=cv2.INTER_AREA))
+    assert not np.array_equal(given.faces[0], detected.faces[0])
+    assert given.table["confidence"][0] == pytest.approx(detected.table["confidence"][0], abs=1e-6)
+    # the keypoints are the detector's, in the crop's own pixels: the eyes sit in its upper half
+    eyes = given.keypoints(np.array([0]))[0][:2]
+    assert (eyes[:, 1] < 32).all() and (eyes[:, 0] > 0).all() and (eyes[:, 0] < 64).all()
+    capsys.readouterr()
+
+    video_list = tmp_path / "videos.csv"
+    video_list.write_text(f"path,label\n{face_video},real\n")
+    main(["prepare", str(video_list), "--out", str(tmp_path / "v"), "--size", "64", "--workers", "1",
+          "--crop", "given", "--json"])
+    assert "a video is not a face crop" in capsys.readouterr().out
+
+    from unmask.models.cnn import TorchFaceClassifier
+    from unmask.models.io import save_model
+
+    net = TorchFaceClassifier(arch="meso4", init="released", epochs=0, device="cpu")
+    net.fit(np.zeros((2, 256, 256, 3), np.uint8), np.array([0, 1]))  # epochs=0: the released net as is
+    card = {"title": "trained on crops as given", "estimator": {"name": "meso4", "params": net.get_params()},
+            "input": {"size": 64, "margin": 0.0, "min_confidence": 0.9, "detector": given.settings["faces"]},
+            "threshold": 0.5, "aggregate": "mean"}
+    checker = Checker(save_model(net, tmp_path / "model", card))
+    assert checker.detection.crop == "detected"
+    assert len(checker.check(face_video).faces) > 0

@@ -59,6 +59,20 @@ def test_settings_mismatch_and_foreign_folder_are_refused(tmp_path):
         StoreWriter(tmp_path / "other", {})
 
 
+def test_a_store_made_before_crops_could_be_given_resumes_as_detected(tmp_path):
+    from dataclasses import asdict
+
+    from unmask.config import FaceDetection
+
+    today = asdict(FaceDetection(size=64))
+    today.pop("device")
+    older = {k: v for k, v in today.items() if k != "crop"}
+    StoreWriter(tmp_path / "s", {"faces": older})
+    StoreWriter(tmp_path / "s", {"faces": today})  # the same settings: resumes
+    with pytest.raises(UnmaskError, match=r"other settings \(faces.crop: detected -> given\)"):
+        StoreWriter(tmp_path / "s", {"faces": {**today, "crop": "given"}})
+
+
 def test_unfinished_store_says_how_to_finish(tmp_path):
     StoreWriter(tmp_path / "s", {"faces": {"size": 8}})
     with pytest.raises(UnmaskError, match="run `unmask prepare` again"):

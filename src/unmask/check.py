@@ -154,7 +154,9 @@ class Checker:
         self._reduce = AGGREGATES.builder(self.aggregate)  # fails early, with the choices, on a bad name
         card_input = self.model.input
         trained = FaceDetection.from_record(card_input.get("detector", {}))
-        self.detection = replace(trained, min_confidence=settings.min_confidence, margin=float(card_input["margin"]),
+        # A model trained on face crops taken as given still meets faces as the detector finds them here.
+        self.detection = replace(trained, crop="detected", min_confidence=settings.min_confidence,
+                                 margin=float(card_input["margin"]),
                                  size=int(card_input["size"]), max_side=settings.max_side, device=device)
         self.warnings = []
         trained_confidence = card_input.get("min_confidence")

@@ -43,6 +43,10 @@ class MTCNNSettings:
     """P-Net, R-Net and O-Net score thresholds (the usual MTCNN defaults)."""
 
 
+CROPS = ("detected", "given")
+"""What ``FaceDetection.crop`` may name."""
+
+
 @dataclass(frozen=True)
 class FaceDetection:
     """How faces are found and cut out."""
@@ -64,10 +68,17 @@ class FaceDetection:
     None: frames at their own size."""
     device: str = "auto"
     """"auto" (CUDA when present, else CPU), "cpu" or "cuda"."""
+    crop: str = "detected"
+    """Where a face's crop comes from: "detected", the detector's box (plus ``margin``); or "given", for
+    face-image sets whose images are face crops already (the DFDC faces): the image itself, the detector
+    still run on it for the confidence and keypoints, so the same faces are kept as with "detected" and
+    only the framing differs. ``check`` always detects: a video is never a crop."""
 
     def __post_init__(self) -> None:
         if self.max_side is not None and self.max_side < 64:
             raise UnmaskError(f"the largest frame side must be at least 64 pixels, got {self.max_side}")
+        if self.crop not in CROPS:
+            raise UnmaskError(f"unknown crop {self.crop!r}; choose one of: {', '.join(CROPS)}")
 
     def detector_settings(self) -> dict:
         """The chosen detector's own settings, as plain data (what a store or a model card records)."""

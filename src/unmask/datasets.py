@@ -300,6 +300,18 @@ PHOTO_PADDING = 0.5
 UTKFace's) leave MTCNN no context and go undetected without it."""
 
 
+def unpadded_box(width: int, height: int) -> tuple[float, float, float, float]:
+    """Where the photo itself lies (x1, y1, x2, y2) in a frame that ``read_photo`` padded to ``width`` x
+    ``height``: a face crop taken as given is that box."""
+    def side(padded: int) -> int:
+        guess = round(padded / (1 + 2 * PHOTO_PADDING))
+        return next(n for n in range(max(1, guess - 2), guess + 3) if n + 2 * int(n * PHOTO_PADDING) == padded)
+
+    w, h = side(width), side(height)
+    x, y = int(w * PHOTO_PADDING), int(h * PHOTO_PADDING)
+    return float(x), float(y), float(x + w), float(y + h)
+
+
 def read_photo(path: Path) -> tuple[VideoInfo, list[tuple[int, np.ndarray]]]:
     """A still photo as a one-frame video, padded by replicating its border."""
     import cv2

@@ -62,13 +62,15 @@ class Shard:
 def current_settings(settings: dict) -> dict:
     """A store's settings in today's shape. Stores made before the detector seam kept MTCNN's
     ``min_face_size`` and ``thresholds`` beside the crop settings and had no frame bound: they read
-    as MTCNN's settings, with frames at their own size (``max_side`` None), as they were made."""
+    as MTCNN's settings, with frames at their own size (``max_side`` None), as they were made. Stores
+    made before crops could be taken as given cut what was detected."""
     faces = settings.get("faces")
-    if not isinstance(faces, dict) or "detector" in faces:
+    if not isinstance(faces, dict):
         return settings
-    current = asdict(FaceDetection.from_record({**faces, "max_side": None}))
-    current.pop("device")
-    return {**settings, "faces": json.loads(json.dumps(current))}
+    if "detector" not in faces:
+        faces = asdict(FaceDetection.from_record({**faces, "max_side": None}))
+        faces.pop("device")
+    return {**settings, "faces": json.loads(json.dumps({**faces, "crop": faces.get("crop", "detected")}))}
 
 
 class StoreWriter:
@@ -114,10 +116,13 @@ def write_shard(shards_dir: Path, shard: Shard) -> None:
     write_json(Path(shards_dir) / f"{name}.json", {"video": shard.video, "rows": shard.rows})
 
 
-def _diff(old: dict, new: dict) -> str:
+def _diff(old: dict, new: dict, prefix: str = "") -> str:
+    """The settings that differ, named down to the leaf: "faces.crop: detected -> given"."""
     new = json.loads(json.dumps(new, default=json_ready))
     keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-    return ", ".join(f"{k}: {old.get(k)} -> {new.get(k)}" for k in keys) or "different"
+    return ", ".join(_diff(old[k], new[k], f"{prefix}{k}.")
+                     if isinstance(old.get(k), dict) and isinstance(new.get(k), dict)
+                     else f"{prefix}{k}: {old.get(k)} -> {new.get(k)}" for k in keys) or "different"
 
 
 def commit(root: Path) -> "FaceStore":

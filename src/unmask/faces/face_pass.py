@@ -23,13 +23,13 @@ import cv2
 import numpy as np
 
 from unmask.config import FaceDetection, MotionSampling
-from unmask.datasets import is_photo, read_photo
+from unmask.datasets import is_photo, read_photo, unpadded_box
 from unmask.faces.crop import crop_box, crop_face
 from unmask.faces.detection import Detection, FaceDetector
 from unmask.faces.detectors import create_detector
 from unmask.faces.motion import motion_features, neighbours, wanted_frames
 from unmask.faces.tracks import link_tracks
-from unmask.video import Frame, VideoInfo, fitted_size, stream_frames
+from unmask.video import Frame, VideoError, VideoInfo, fitted_size, stream_frames
 
 BATCH_PIXELS = 8 * 1280 * 720
 """Pixels of sampled frames detected together: eight 720p frames (large enough for the detector's
@@ -115,6 +115,7 @@ class FacePass:
         ``decode_threads``: FFmpeg's threads for this video (None: ``self.decode_threads``).
         Raises ``VideoError`` when the file is not a readable video or photo."""
         started = time.perf_counter()
+        given = None
         if is_photo(path):
             info, frames = read_photo(Path(path))
             width, height = fitted_size(info.width, info.height, self.detection.max_side)
@@ -123,6 +124,10 @@ class FacePass:
                 frames = [(0, cv2.resize(frames[0][1], (width, height), interpolation=cv2.INTER_AREA))]
             stream, offsets = iter(frames), ()
             sampled_frames = [0]
+            if self.detection.crop == "given":
+                given = tuple(v * scale for v in unpadded_box(info.width, info.height))
+        elif self.detection.crop == "given":
+            raise VideoError(f"{path}: a video is not a face crop (crops are taken as given only from images)")
         else:
             frame_list: list[int] = []
 
@@ -150,10 +155,10 @@ class FacePass:
             while waiting and group_end[waiting[0]] <= index:
                 ready.append(waiting.pop(0))
             if len(ready) >= batch:
-                self._faces_of(ready, held, scale, result)
+                self._faces_of(ready, held, scale, result, given)
                 ready = []
                 held = {i: im for i, im in held.items() if waiting and i >= waiting[0]}  # let go of the rest
-        self._faces_of(ready + waiting, held, scale, result)
+        self._faces_of(ready + waiting, held, scale, result, given)
         if self.keep == "all":
             frames_in_order = sorted({f.frame for f in result.faces})
             by_frame = [[f for f in result.faces if f.frame == i] for i in frames_in_order]
@@ -169,8 +174,9 @@ class FacePass:
         return result
 
     def _faces_of(self, sampled: list[int], held: dict[int, Frame], scale: float,
-                  result: FacePassResult) -> None:
-        """Detect, keep, cut and measure the faces of the ``sampled`` frames among those ``held``."""
+                  result: FacePassResult, given: tuple[float, float, float, float] | None = None) -> None:
+        """Detect, keep, cut and measure the faces of the ``sampled`` frames among those ``held``; with
+        ``given`` (a face crop taken as given), each kept face is cut at that box instead of its own."""
         present = [i for i in sampled if i in held]
         result.read.extend(present)
         if not present:
@@ -184,6 +190,8 @@ class FacePass:
             kept = [d for d in detections if d.confidence > settings.min_confidence]
             if self.keep == "best" and kept:
                 kept = [max(kept, key=lambda d: d.confidence)]
+            if given is not None:
+                kept = [Detection(given, d.confidence, d.keypoints) for d in kept]
             chosen += [(index, d, len(detections)) for d in kept]
         measured: list[np.ndarray | None] = [None] * len(chosen)
         if self.motion.enabled:

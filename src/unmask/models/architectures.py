@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from unmask.models.nets.efficientnet_lite import IMAGENET_MEAN, IMAGENET_STD, EfficientNetLite0, pretrained_lite0
+from unmask.models.nets.efficientnet_lite import IMAGENET_MEAN, IMAGENET_STD, EfficientNetLite, pretrained_lite0
 from unmask.models.nets.mesonet import FastMesoNet, Meso4, MesoInception4, load_released
 from unmask.models.nets.resnet_small import ResNetSmall
 from unmask.registry import Registry
@@ -76,6 +76,6 @@ def _resnet_small() -> Architecture:
                                                    "init=imagenet: ImageNet weights, fresh head, fine-tuned")
 def _efficientnet_lite0() -> Architecture:
     # 160 px: 85 faces/s inference and 24/s training on 2 cores against 19 and 10 at 224 px.
-    return Architecture(build=EfficientNetLite0, input_size=160, fixed_size=False, logit_sign=1.0,
+    return Architecture(build=EfficientNetLite, input_size=160, fixed_size=False, logit_sign=1.0,
                         mean=IMAGENET_MEAN, std=IMAGENET_STD, crop_margin=MESONET_MARGIN, cam_layer="head",
                         pretrained=pretrained_lite0)

@@ -105,6 +105,10 @@ class TorchFaceClassifier(TrainingLoop, LogitClassifierMixin, BaseEstimator):
     checkpoint_minutes : with ``checkpoint_dir``, also save in the middle of an epoch this often, so that
         an epoch of hours loses at most this much when stopped (0: at the end of epochs only; under
         torchrun too, where the processes' partial sums would have to be gathered first).
+    head_warmup : fraction of all steps, at the start, in which only the head learns (the 1x1 head
+        convolution and the classifier; every block frozen with its ImageNet batch-norm statistics), so
+        that a fresh head's first large gradients do not wash through the pretrained blocks; then the
+        blocks ``trainable_blocks`` names train too. For networks with a ``freeze`` method; one process.
 
     Fitted attributes: ``net_`` (the torch module, eval mode), ``classes_``, ``history_`` (one dict per
     epoch: loss, val_auc, faces, synth, processes, seconds; faces and loss over all processes),
@@ -118,7 +122,7 @@ class TorchFaceClassifier(TrainingLoop, LogitClassifierMixin, BaseEstimator):
                  device: str = "auto", seed: int = 42, checkpoint_dir: str | os.PathLike | None = None,
                  progress: bool = False, num_workers: int | None = None, trainable_blocks: int | None = None,
                  epoch_faces: int | None = None, schedule: str = "constant", warmup: float = 0.02,
-                 val_max_faces: int | None = None, checkpoint_minutes: float = 10.0):
+                 val_max_faces: int | None = None, checkpoint_minutes: float = 10.0, head_warmup: float = 0.0):
         self.arch = arch
         self.init = init
         self.input_size = input_size
@@ -141,6 +145,7 @@ class TorchFaceClassifier(TrainingLoop, LogitClassifierMixin, BaseEstimator):
         self.warmup = warmup
         self.val_max_faces = val_max_faces
         self.checkpoint_minutes = checkpoint_minutes
+        self.head_warmup = head_warmup
 
     # ----- description -----
 
@@ -152,6 +157,10 @@ class TorchFaceClassifier(TrainingLoop, LogitClassifierMixin, BaseEstimator):
             raise UnmaskError(f"{self.arch} has no ImageNet weights; use init='scratch'")
         if self.trainable_blocks is not None and not hasattr(arch.build, "freeze"):
             raise UnmaskError(f"{self.arch} cannot freeze blocks; leave trainable_blocks unset")
+        if not 0.0 <= self.head_warmup <= 1.0:
+            raise UnmaskError(f"head_warmup is a fraction of the steps, in [0, 1], not {self.head_warmup}")
+        if self.head_warmup and not hasattr(arch.build, "freeze"):
+            raise UnmaskError(f"{self.arch} cannot freeze its blocks; leave head_warmup at 0")
         if self.schedule not in ("constant", "cosine"):
             raise UnmaskError(f"schedule must be 'constant' or 'cosine', not {self.schedule!r}")
         if self.init == "released" and arch.released is None:

@@ -126,6 +126,8 @@ class TrainingLoop:
         if self.schedule == "constant":  # a cosine schedule's shape depends on how many epochs there are
             unchanged.add("epochs")
         params = {k: v for k, v in self.get_params().items() if k not in unchanged}
+        if not self.head_warmup:  # added later: at its default, checkpoints written before it still resume
+            params.pop("head_warmup")
         params.update(synth_ratio=synth_ratio, faces=list(X.shape), fakes=int(y.sum()), processes=torch_world()[1])
         return json.dumps(params, sort_keys=True, default=str)
 
@@ -141,6 +143,9 @@ class TrainingLoop:
         lr = self.lr if self.lr is not None else (1e-3 if self.init == "scratch" else 1e-4)
         optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=lr,
                                       weight_decay=self.weight_decay)
+        if self.head_warmup and processes > 1:
+            raise UnmaskError("head_warmup trains in one process (torchrun's replicas cannot change which "
+                              "weights learn as they go)")
         precision = amp_dtype(device)
         scaler = torch.amp.GradScaler("cuda", enabled=precision == torch.float16)
         cells = None if methods is None else np.asarray(list(methods), dtype=str)
@@ -162,6 +167,7 @@ class TrainingLoop:
         steps = -(-len(DistributedSampler(range(epoch_size), num_replicas=processes, rank=rank, shuffle=False))
                   // self.batch_size)
         total_steps, warmup = self.epochs * steps, int(self.warmup * self.epochs * steps)
+        head_steps = round(self.head_warmup * total_steps)  # frozen blocks leave no gradient: AdamW skips them
         bar = tqdm(total=max(0, self.epochs * steps - state["epoch"] * steps - state["step"]),
                    disable=not self.progress or rank != 0, file=sys.stderr, unit="batch", desc=self.arch,
                    dynamic_ncols=True)
@@ -183,6 +189,11 @@ class TrainingLoop:
                 model.train()
                 for (chunk, _, _), (faces, labels, n_blended) in zip(jobs, prefetched(batches.training, jobs,
                                                                                         workers)):
+                    if head_steps:
+                        heads_only = epoch * steps + state["step"] < head_steps
+                        if heads_only != (getattr(net, "trainable_blocks", None) == 0):
+                            net.freeze(0 if heads_only else self.trainable_blocks)
+                            net.train()
                     for group in optimizer.param_groups:
                         group["lr"] = lr * learning_rate_factor(epoch * steps + state["step"], total_steps,
                                                                 self.schedule, warmup)

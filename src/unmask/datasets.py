@@ -300,20 +300,9 @@ PHOTO_PADDING = 0.5
 UTKFace's) leave MTCNN no context and go undetected without it."""
 
 
-def unpadded_box(width: int, height: int) -> tuple[float, float, float, float]:
-    """Where the photo itself lies (x1, y1, x2, y2) in a frame that ``read_photo`` padded to ``width`` x
-    ``height``: a face crop taken as given is that box."""
-    def side(padded: int) -> int:
-        guess = round(padded / (1 + 2 * PHOTO_PADDING))
-        return next(n for n in range(max(1, guess - 2), guess + 3) if n + 2 * int(n * PHOTO_PADDING) == padded)
-
-    w, h = side(width), side(height)
-    x, y = int(w * PHOTO_PADDING), int(h * PHOTO_PADDING)
-    return float(x), float(y), float(x + w), float(y + h)
-
-
-def read_photo(path: Path) -> tuple[VideoInfo, list[tuple[int, np.ndarray]]]:
-    """A still photo as a one-frame video, padded by replicating its border."""
+def read_photo(path: Path) -> tuple[VideoInfo, list[tuple[int, np.ndarray]], tuple[float, float, float, float]]:
+    """A still photo as a one-frame video, padded by replicating its border, and where the photo itself
+    lies in that frame (x1, y1, x2, y2: a face crop taken as given is that box)."""
     import cv2
 
     from unmask.video import VideoError, VideoInfo
@@ -324,4 +313,5 @@ def read_photo(path: Path) -> tuple[VideoInfo, list[tuple[int, np.ndarray]]]:
     pad_y, pad_x = int(image.shape[0] * PHOTO_PADDING), int(image.shape[1] * PHOTO_PADDING)
     image = cv2.copyMakeBorder(image, pad_y, pad_y, pad_x, pad_x, cv2.BORDER_REPLICATE)
     image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-    return VideoInfo(1, 0.0, image.shape[1], image.shape[0], 0), [(0, image)]
+    box = (float(pad_x), float(pad_y), float(image.shape[1] - pad_x), float(image.shape[0] - pad_y))
+    return VideoInfo(1, 0.0, image.shape[1], image.shape[0], 0), [(0, image)], box

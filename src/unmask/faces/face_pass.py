@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 
 from unmask.config import FaceDetection, MotionSampling
-from unmask.datasets import is_photo, read_photo, unpadded_box
+from unmask.datasets import is_photo, read_photo
 from unmask.faces.crop import crop_box, crop_face
 from unmask.faces.detection import Detection, FaceDetector
 from unmask.faces.detectors import create_detector
@@ -117,7 +117,7 @@ class FacePass:
         started = time.perf_counter()
         given = None
         if is_photo(path):
-            info, frames = read_photo(Path(path))
+            info, frames, photo_box = read_photo(Path(path))
             width, height = fitted_size(info.width, info.height, self.detection.max_side)
             scale = width / info.width  # a large photo is bounded like a video frame
             if scale != 1.0:
@@ -125,7 +125,7 @@ class FacePass:
             stream, offsets = iter(frames), ()
             sampled_frames = [0]
             if self.detection.crop == "given":
-                given = tuple(v * scale for v in unpadded_box(info.width, info.height))
+                given = tuple(v * scale for v in photo_box)
         elif self.detection.crop == "given":
             raise VideoError(f"{path}: a video is not a face crop (crops are taken as given only from images)")
         else:

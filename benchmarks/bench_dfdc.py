@@ -54,14 +54,15 @@ DATA_TERMS = {"dfdc-m0-224": "DFDC (Dolhansky et al. 2020): research and non-com
 """What each source's faces may be used for; a model trained on them says so in its card."""
 
 
-def recipe(size: int, checkpoints: Path, head_warmup: float = 0.0, dfdc_weight: float = 1.0) -> dict:
+def recipe(size: int, checkpoints: Path, head_warmup: float = 0.0, dfdc_weight: float = 1.0,
+           epochs: int = 9) -> dict:
     """How the backbone learns: ``LITE0_RECIPE`` at scale. An epoch is 8,000 faces drawn balanced by
-    source x method x class; 9 of them (72,000 faces, about 70 minutes on 2 cores) under a cosine
-    schedule; a fifth of every source's people held out, 2,500 of them scored after each epoch to keep
+    source x method x class; ``epochs`` of them (9: 72,000 faces, about 70 minutes on 2 cores) under
+    a cosine schedule; a fifth of every source's people held out, 2,500 of them scored after each epoch to keep
     the best; 20% of the real faces drawn turned into self-blended fakes. ``head_warmup``: the share of
     the steps, at the start, in which only the head learns (``--head-warmup``); ``dfdc_weight``: how often
     DFDC's faces are drawn against each other source's, within each class (``--dfdc-weight``)."""
-    return {**LITE0_RECIPE, "input_size": size, "epochs": 9, "epoch_faces": 8000, "schedule": "cosine",
+    return {**LITE0_RECIPE, "input_size": size, "epochs": epochs, "epoch_faces": 8000, "schedule": "cosine",
             "synth_ratio": 0.2, "val_max_faces": 2500, "patience": 100, "checkpoint_dir": str(checkpoints),
             "checkpoint_minutes": 10.0, "progress": True, **({"head_warmup": head_warmup} if head_warmup else {}),
             **({"source_weights": {STORES[0]: dfdc_weight}} if dfdc_weight != 1.0 else {})}
@@ -83,7 +84,8 @@ def model_dir(args: argparse.Namespace, fold: int | None = None) -> Path:
     fold = args.fold if fold is None else fold
     warm = f"-head{args.head_warmup:g}" if args.head_warmup else ""
     tilt = f"-dfdcx{args.dfdc_weight:g}" if args.dfdc_weight != 1.0 else ""
-    return (args.work / "models" / f"{args.backbone}-motion-dfdc-{args.size}px{warm}{tilt}"
+    length = f"-e{args.epochs}" if args.epochs != 9 else ""
+    return (args.work / "models" / f"{args.backbone}-motion-dfdc-{args.size}px{warm}{tilt}{length}"
                                    f"-fold{fold}of{args.folds}-seed{args.fold_seed}")
 
 
@@ -97,7 +99,7 @@ def run_training(args: argparse.Namespace) -> None:
     options = TrainOptions(model="lite0-motion", split="official", calibrate="sigmoid", weights_dtype="float16",
                            params={"archs": [f"efficientnet-{args.backbone}"],
                                    "member_params": recipe(args.size, out.with_name(out.name + "-checkpoints"),
-                                                           args.head_warmup, args.dfdc_weight)},
+                                                           args.head_warmup, args.dfdc_weight, args.epochs)},
                            title=f"{backbone_name(args)} ({args.size} px) fine-tuned on DFDC faces, every FF++ method "
                                  "and real photos, + motion residual features (fold "
                                  f"{args.fold} of {args.folds} of the FF++ people held out)",
@@ -192,7 +194,7 @@ def snapshot(args: argparse.Namespace, store: CombinedStore) -> Path:
     folder = model_dir(args).with_name(model_dir(args).name + f"-backbone-epoch{epoch}")
     if (folder / "card.json").exists():
         return folder
-    params = {k: v for k, v in recipe(args.size, checkpoints, args.head_warmup, args.dfdc_weight).items()
+    params = {k: v for k, v in recipe(args.size, checkpoints, args.head_warmup, args.dfdc_weight, args.epochs).items()
               if k not in ("checkpoint_dir", "progress", "checkpoint_minutes")}
     backbone = TorchFaceClassifier(arch=f"efficientnet-{args.backbone}", **params)
     backbone.load_weights(tensors["best"] if "best" in tensors else tensors["model"])
@@ -415,6 +417,8 @@ def main() -> None:
     parser.add_argument("--dfdc-weight", type=float, default=1.0, metavar="W",
                         help="train, report, cv, thresholds: draw DFDC's faces W times as often as each other "
                              "source's within each class (default: 1, every source alike)")
+    parser.add_argument("--epochs", type=int, default=9,
+                        help="train, report, cv, thresholds: epochs of 8,000 faces (default: 9, 72,000 faces)")
     parser.add_argument("--framing", choices=["recut", "given"], default="recut",
                         help="dfdc-only: train on the DFDC crops re-cut as check cuts faces, or as given")
     parser.add_argument("--threads", type=int, help="torch's CPU threads (default: torch's own; 1 leaves a core "
